@@ -1,0 +1,101 @@
+"""Settings, read from the environment once at the edge and then passed explicitly.
+
+>>> s = Settings.from_env({"WARMSTART_HOME": "/tmp/ws", "WARMSTART_MAX_SIZE": "2G"})
+>>> s.home.as_posix(), s.max_size
+('/tmp/ws', 2000000000)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+_UNITS = {
+    "": 1, "B": 1,
+    "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9, "T": 10**12, "TB": 10**12,
+    "KI": 2**10, "KIB": 2**10, "MI": 2**20, "MIB": 2**20, "GI": 2**30, "GIB": 2**30, "TI": 2**40, "TIB": 2**40,
+}
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """Parse ``200G``, ``1.5GiB``, ``500M`` or a plain byte count; ``None``/``""``/``0`` means no limit.
+
+    >>> parse_size("1.5GiB"), parse_size("200G"), parse_size(None)
+    (1610612736, 200000000000, None)
+    """
+    if text is None:
+        return None
+    if isinstance(text, int):
+        return text or None
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise ConfigError(f"invalid size {text!r}: use a number with an optional unit, e.g. 200G, 1.5GiB, 500M")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    return value or None
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything warmstart reads from its environment. Build with :meth:`from_env`; override with
+    :func:`dataclasses.replace`."""
+
+    home: Path
+    max_size: int | None = None
+    offline: bool = False
+    endpoint: str = DEFAULT_ENDPOINT
+    token: str | None = None
+    quiet: bool = False
+    memory_dir: Path | None = None
+    memory_max_size: int | None = None
+    shared_dir: Path | None = None
+    max_connections: int = 64
+    min_connections: int = 4
+    chunk_size: int = 16 * 2**20
+    compile_cache: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = env.get("WARMSTART_HOME") or os.path.join(
+            env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "warmstart"
+        )
+        token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None
+        return cls(
+            home=Path(home).expanduser(),
+            max_size=parse_size(env.get("WARMSTART_MAX_SIZE")),
+            offline=_truthy(env.get("WARMSTART_OFFLINE")) or _truthy(env.get("HF_HUB_OFFLINE")),
+            endpoint=(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+            token=token,
+            quiet=_truthy(env.get("WARMSTART_QUIET")),
+            memory_dir=Path(env["WARMSTART_MEMORY_DIR"]) if env.get("WARMSTART_MEMORY_DIR") else None,
+            memory_max_size=parse_size(env.get("WARMSTART_MEMORY_MAX_SIZE")),
+            shared_dir=Path(env["WARMSTART_SHARED_DIR"]) if env.get("WARMSTART_SHARED_DIR") else None,
+            max_connections=_int(env, "WARMSTART_MAX_CONNECTIONS", 64, 1, 512),
+            min_connections=_int(env, "WARMSTART_MIN_CONNECTIONS", 4, 1, 512),
+            chunk_size=parse_size(env.get("WARMSTART_CHUNK_SIZE")) or 16 * 2**20,
+            compile_cache=env.get("WARMSTART_COMPILE_CACHE") or None,
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer; set a number from {lo} to {hi}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is out of range; set a number from {lo} to {hi}")
+    return value

@@ -1,0 +1,62 @@
+"""The warmstart error tree.
+
+Every error a user can meet says what happened and what to do, in one line. Each class also
+subclasses the builtin a caller would naturally catch, so ``except FileNotFoundError`` keeps
+working around ``warmstart.pull``.
+
+>>> try:
+...     raise NotFoundError("hf://org/missing: repository not found; check the name")
+... except FileNotFoundError as e:
+...     print(e)
+hf://org/missing: repository not found; check the name
+"""
+
+from __future__ import annotations
+
+
+class WarmstartError(Exception):
+    """Base class of every error warmstart raises on purpose."""
+
+
+class RefError(WarmstartError, ValueError):
+    """A reference string does not follow the grammar (see ``warmstart.refs``)."""
+
+
+class NotFoundError(WarmstartError, FileNotFoundError):
+    """A repository, revision, file or cached model does not exist."""
+
+
+class GatedRepoError(WarmstartError, PermissionError):
+    """The repository is private or gated and no valid token was given."""
+
+
+class IntegrityError(WarmstartError, ValueError):
+    """Bytes do not match their expected digest; they were discarded, never served."""
+
+
+class CacheFullError(WarmstartError, OSError):
+    """Not enough room (budget or free disk) for the bytes a pull needs; raised before downloading."""
+
+
+class InvalidCheckpointError(WarmstartError, ValueError):
+    """A weight file is malformed: names the file, the tensor and the rule it broke."""
+
+
+class OfflineError(WarmstartError, ConnectionError):
+    """Offline (by setting or because the origin is unreachable) and the model is not cached."""
+
+
+class TransferError(WarmstartError, ConnectionError):
+    """The origin kept failing after every retry."""
+
+
+class UnsafePathError(WarmstartError, ValueError):
+    """A file name from an origin would escape the snapshot directory."""
+
+
+class InUseError(WarmstartError, PermissionError):
+    """A cached model is held (leased) by a running process and cannot be removed."""
+
+
+class ConfigError(WarmstartError, ValueError):
+    """A setting (environment variable or flag) has an invalid value."""
