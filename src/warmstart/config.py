@@ -60,7 +60,7 @@ class Settings:
     memory_max_size: int | None = None
     shared_dir: Path | None = None
     max_connections: int = 64
-    min_connections: int = 4
+    min_connections: int = 8
     chunk_size: int = 16 * 2**20
     compile_cache: str | None = None
 
@@ -82,7 +82,7 @@ class Settings:
             memory_max_size=parse_size(env.get("WARMSTART_MEMORY_MAX_SIZE")),
             shared_dir=Path(env["WARMSTART_SHARED_DIR"]) if env.get("WARMSTART_SHARED_DIR") else None,
             max_connections=_int(env, "WARMSTART_MAX_CONNECTIONS", 64, 1, 512),
-            min_connections=_int(env, "WARMSTART_MIN_CONNECTIONS", 4, 1, 512),
+            min_connections=_int(env, "WARMSTART_MIN_CONNECTIONS", 8, 1, 512),
             chunk_size=parse_size(env.get("WARMSTART_CHUNK_SIZE")) or 16 * 2**20,
             compile_cache=env.get("WARMSTART_COMPILE_CACHE") or None,
         )

@@ -1,0 +1,94 @@
+"""Path arithmetic for the cache home; no I/O beyond ``mkdir``.
+
+::
+
+    $WARMSTART_HOME/                         (default ~/.cache/warmstart)
+    ├── index.db                             SQLite (WAL): blobs, snapshots, refs, pins, access times
+    ├── blobs/sha256/ab/ab12…(64 hex)        immutable, read-only content; one copy per digest
+    ├── tmp/                                 partial downloads: <key>.part + <key>.part.json (done ranges)
+    ├── locks/                               flock files: single flight per blob, index maintenance
+    ├── leases/                              one file per process that has a model open (fcntl-locked)
+    ├── hub/models--ORG--NAME/               a Hugging Face cache view (HF_HUB_CACHE=<home>/hub)
+    │   ├── refs/main                        commit sha of the branch
+    │   ├── blobs/<etag> -> ../../../blobs/sha256/ab/<digest>
+    │   └── snapshots/<commit>/<file> -> ../../blobs/<etag>
+    └── snapshots/<scheme>/<name>/<revision>/<file> -> …/blobs/sha256/…   (views of non-Hub sources)
+
+>>> lay = Layout(Path("/c"))
+>>> lay.blob("ab" + "0" * 62).as_posix()
+'/c/blobs/sha256/ab/ab00000000000000000000000000000000000000000000000000000000000000'
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def check_digest(digest: str) -> str:
+    if not _DIGEST.fullmatch(digest):
+        raise ValueError(f"not a sha256 hex digest: {digest!r}")
+    return digest
+
+
+def repo_folder(repo_id: str, repo_type: str = "model") -> str:
+    """The Hugging Face cache folder name of a repo: ``models--org--name``."""
+    return f"{repo_type}s--" + repo_id.replace("/", "--")
+
+
+class Layout:
+    """Where everything lives under one cache home."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+
+    @property
+    def blobs(self) -> Path:
+        return self.home / "blobs" / "sha256"
+
+    @property
+    def tmp(self) -> Path:
+        return self.home / "tmp"
+
+    @property
+    def locks(self) -> Path:
+        return self.home / "locks"
+
+    @property
+    def leases(self) -> Path:
+        return self.home / "leases"
+
+    @property
+    def hub(self) -> Path:
+        return self.home / "hub"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.home / "snapshots"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def index_path(self) -> Path:
+        return self.home / "index.db"
+
+    def blob(self, digest: str) -> Path:
+        check_digest(digest)
+        return self.blobs / digest[:2] / digest
+
+    def partial(self, key: str) -> Path:
+        return self.tmp / f"{key}.part"
+
+    def lock(self, name: str) -> Path:
+        return self.locks / f"{name}.lock"
+
+    def hub_repo(self, repo_id: str) -> Path:
+        return self.hub / repo_folder(repo_id)
+
+    def ensure(self) -> None:
+        for d in (self.blobs, self.tmp, self.locks, self.leases, self.hub):
+            d.mkdir(parents=True, exist_ok=True)

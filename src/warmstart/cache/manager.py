@@ -1,0 +1,83 @@
+"""One cache home: layout + index + blob store, opened lazily.
+
+>>> import tempfile; from pathlib import Path
+>>> c = Cache(Path(tempfile.mkdtemp()))
+>>> c.layout.blobs.is_dir()
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from ..errors import CacheFullError
+from .index import FileEntry, Index, SnapshotRow
+from .layout import Layout
+from .store import BlobStore
+
+log = logging.getLogger(__name__)
+
+#: free space kept on the cache's filesystem beyond what a pull needs
+DISK_RESERVE = 256 * 2**20
+
+
+class Cache:
+    """The cache home. ``max_size`` is the byte budget for blobs (None: no budget)."""
+
+    def __init__(self, home: Path, *, max_size: int | None = None) -> None:
+        self.layout = Layout(Path(home))
+        self.layout.ensure()
+        self.store = BlobStore(self.layout)
+        self.max_size = max_size
+        self._index: Index | None = None
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            self._index = Index(self.layout.index_path)
+        return self._index
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    # -- lookups -------------------------------------------------------------------------------
+    def snapshot(self, source: str, revision: str) -> SnapshotRow | None:
+        return self.index.find_snapshot(source, revision)
+
+    def complete(self, files: list[FileEntry]) -> bool:
+        """True when every blob of ``files`` is present with its size."""
+        return all(self.store.has(f.digest, f.size) for f in files)
+
+    def digest_for_key(self, key: str) -> str | None:
+        """The content digest of a file the origin names without a sha256 (by its transfer key)."""
+        return self.index.digest_for_key(key)
+
+    # -- room ----------------------------------------------------------------------------------
+    def ensure_room(self, need: int, *, protect: set[str] = frozenset()) -> None:
+        """Make sure ``need`` new bytes fit, before anything is downloaded: within the budget (evicting
+        least-recently-used, unpinned, unleased snapshots; never a blob in ``protect``) and on disk."""
+        if need <= 0:
+            return
+        if self.max_size is not None:
+            from .evict import make_room  # imported here: eviction is rare
+
+            make_room(self, need, protect=protect)
+        free = shutil.disk_usage(self.layout.home).free
+        if free - need < DISK_RESERVE:
+            raise CacheFullError(
+                f"not enough disk space under {self.layout.home}: this pull needs {_human(need)}, "
+                f"{_human(max(0, free - DISK_RESERVE))} is free; free space, run `warmstart gc`, or set "
+                "WARMSTART_HOME to a larger disk"
+            )
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"

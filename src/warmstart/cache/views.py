@@ -1,0 +1,126 @@
+"""Views over blobs: the Hugging Face cache layout, generic snapshot folders, and plain directories.
+
+Views hold no data: they are symlinks (or, on request for plain directories, hardlinks or copies)
+to ``blobs/sha256/…``. Relative symlinks keep the cache home relocatable. Every link is made under
+a temporary name and renamed into place, so a reader never sees a half-made view.
+
+::
+
+    hub/models--org--name/refs/main                              "<commit>"
+    hub/models--org--name/blobs/<etag> -> ../../../blobs/sha256/ab/<digest>
+    hub/models--org--name/snapshots/<commit>/<path> -> ../../blobs/<etag>   (one ../ more per subdir)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import WarmstartError
+from .index import FileEntry
+from .layout import Layout
+
+
+def _link(target: str, where: Path) -> None:
+    """Make ``where`` a symlink to ``target`` unless it already is one."""
+    try:
+        if os.readlink(where) == target:
+            return
+    except OSError:
+        pass
+    where.parent.mkdir(parents=True, exist_ok=True)
+    tmp = where.with_name(f".{where.name}.{uuid.uuid4().hex[:8]}.tmp")
+    os.symlink(target, tmp)
+    os.replace(tmp, where)
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def hub_view(layout: Layout, repo_id: str, commit: str, files: Iterable[FileEntry],
+             refs: dict[str, str] | None = None) -> Path:
+    """Make (or complete) ``hub/models--org--name/snapshots/<commit>``; returns that directory."""
+    repo = layout.hub_repo(repo_id)
+    snap = repo / "snapshots" / commit
+    for f in files:
+        etag = f.etag or f.digest
+        blob_rel = os.path.relpath(layout.blob(f.digest), repo / "blobs")
+        _link(blob_rel, repo / "blobs" / etag)
+        depth = f.path.count("/")
+        _link("../" * (depth + 2) + f"blobs/{etag}", snap / f.path)
+    snap.mkdir(parents=True, exist_ok=True)
+    for name, rev in (refs or {}).items():
+        if name != commit:
+            _write_text(repo / "refs" / name, rev)
+    return snap
+
+
+def source_view(layout: Layout, source_key: str, revision: str, files: Iterable[FileEntry]) -> Path:
+    """A snapshot folder for non-Hub sources: ``snapshots/<scheme>/<name>/<revision>/``."""
+    scheme, _, loc = source_key.partition("://")
+    safe = "".join(c if c.isalnum() or c in "-._" else "-" for c in loc.replace("/", "--"))[:200]
+    snap = layout.snapshots / scheme / safe / revision.replace("/", "-").replace(":", "-")
+    for f in files:
+        _link(os.path.relpath(layout.blob(f.digest), (snap / f.path).parent), snap / f.path)
+    snap.mkdir(parents=True, exist_ok=True)
+    return snap
+
+
+def view_is_complete(snap: Path, files: Iterable[FileEntry]) -> bool:
+    return all(os.path.lexists(snap / f.path) for f in files)
+
+
+class DirectoryConflict(WarmstartError, FileExistsError):
+    """A file in the target directory is not ours to replace."""
+
+
+def plain_view(layout: Layout, dest: Path, files: Iterable[FileEntry], *, mode: str = "symlink") -> Path:
+    """Make ``dest`` a plain directory of the model's files for tools that take a path.
+
+    ``mode``: ``symlink`` (default, absolute links to the blobs), ``hardlink`` (same filesystem; falls
+    back to copy) or ``copy``. Existing symlinks and identical files are replaced; any other file is
+    left untouched and reported.
+    """
+    if mode not in ("symlink", "hardlink", "copy"):
+        raise ValueError(f"unknown view mode {mode!r}: use symlink, hardlink or copy")
+    dest = Path(dest).expanduser().absolute()
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        blob = layout.blob(f.digest)
+        where = dest / f.path
+        if where.exists() and not where.is_symlink():
+            st, bst = where.stat(), blob.stat()
+            if (st.st_ino, st.st_dev) == (bst.st_ino, bst.st_dev) or (mode == "copy" and st.st_size == f.size):
+                continue
+            raise DirectoryConflict(f"{where} exists and is not a warmstart link; remove it or choose "
+                                    "another --to directory")
+        if mode == "symlink":
+            _link(str(blob), where)
+            continue
+        where.parent.mkdir(parents=True, exist_ok=True)
+        tmp = where.with_name(f".{where.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            if mode == "hardlink":
+                try:
+                    os.link(blob, tmp)
+                except OSError:
+                    shutil.copyfile(blob, tmp)
+            else:
+                shutil.copyfile(blob, tmp)
+            os.replace(tmp, where)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return dest

@@ -1,0 +1,112 @@
+"""The Source protocol: where bytes come from.
+
+A backend turns a :class:`~warmstart.refs.Ref` into a :class:`Listing` (the resolved revision and
+the files with size, digest and URL); the transfer engine then moves the bytes with ranged reads.
+A backend is one file plus one line in ``registry.py``.
+
+>>> safe_relpath("a/b.json")
+'a/b.json'
+>>> safe_relpath("../etc/passwd")
+Traceback (most recent call last):
+...
+warmstart.errors.UnsafePathError: file name '../etc/passwd' from the origin would escape the snapshot ('..' component); refusing to write anything
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from typing import ClassVar
+
+from ..config import Settings
+from ..errors import OfflineError, UnsafePathError
+from ..refs import Ref
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+    """One file of a listing. ``sha256`` is given when the origin knows it (Hub LFS files, OCI
+    layers); otherwise the engine hashes the bytes. ``etag`` is the origin's own version tag."""
+
+    path: str
+    size: int | None
+    url: str
+    sha256: str | None = None
+    etag: str | None = None
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    ranges: bool = True
+
+    @property
+    def key(self) -> str:
+        """A stable, filesystem-safe name for partial and lock files."""
+        if self.sha256:
+            return self.sha256
+        import hashlib
+
+        return "u-" + hashlib.sha256(f"{self.url}\0{self.etag}\0{self.size}".encode()).hexdigest()[:40]
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """A resolved revision of a model: ``revision`` is immutable (a commit, a version, a digest)."""
+
+    ref: Ref
+    revision: str
+    files: tuple[RemoteFile, ...]
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for f in self.files:
+            safe_relpath(f.path)
+            if f.path in seen:
+                raise UnsafePathError(f"file name {f.path!r} appears twice in the listing of {self.ref}")
+            seen.add(f.path)
+
+
+class OriginUnreachable(OfflineError):
+    """The origin could not be reached; the caller may serve from the cache instead."""
+
+
+class Source(abc.ABC):
+    """One backend. Subclasses set ``schemes`` and implement :meth:`resolve`."""
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: the revision a ref without one means (e.g. ``main`` on the Hub)
+    default_revision: ClassVar[str] = "latest"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    def resolve(self, ref: Ref) -> Listing:
+        """List the files of ``ref`` at its (resolved) revision. Raises NotFoundError,
+        GatedRepoError, OriginUnreachable."""
+
+    def key(self, ref: Ref) -> str:
+        """The cache's name of the model, without revision: e.g. ``hf://org/name``."""
+        return str(ref.with_revision(None))
+
+
+def safe_relpath(path: str) -> str:
+    """Return ``path`` if it is a safe relative POSIX path inside a snapshot, else raise."""
+    why = None
+    if not isinstance(path, str) or not path:
+        why = "empty name"
+    elif "\x00" in path:
+        why = "NUL character"
+    elif "\\" in path:
+        why = "backslash"
+    elif path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+        why = "absolute path"
+    elif any(part in ("", ".", "..") for part in path.split("/")):
+        why = "'..' component" if ".." in path.split("/") else "empty or '.' component"
+    elif len(path.encode()) > 4096 or any(len(p.encode()) > 255 for p in path.split("/")):
+        why = "name too long"
+    elif any(ord(c) < 32 for c in path):
+        why = "control character"
+    if why:
+        raise UnsafePathError(
+            f"file name {path!r} from the origin would escape the snapshot ({why}); refusing to write anything"
+        )
+    return path
