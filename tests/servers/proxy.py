@@ -1,0 +1,125 @@
+"""A shaping reverse proxy on loopback, for origins we did not write (moto's S3, the CNCF registry).
+
+Requests are forwarded as they are (the ``Host`` header included, so signed S3 requests and registry
+upload locations keep naming the proxy); response bodies come back through :mod:`.shaping`: the
+proxy's ``link`` shapes them, its ``faults`` inject 5xx/429/403 statuses, resets, truncations and
+corrupt bytes, and its ``counters`` count requests and body bytes per path.
+
+Example::
+
+    with ShapingProxy("127.0.0.1", moto_port, link=Link(20e6, 320e6, 0.02)) as proxy:
+        s3 = boto3.client("s3", endpoint_url=proxy.endpoint, ...)
+        proxy.faults.add("status5xx", path_glob="/bucket/*", status=503, times=2)
+"""
+
+from __future__ import annotations
+
+import http.client
+
+from .shaping import Link, OriginHandler, OriginServer
+
+HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+       "content-length"}
+
+
+class _ProxyServer(OriginServer):
+    upstream: tuple[str, int]
+
+
+class ProxyHandler(OriginHandler):
+    server: _ProxyServer
+
+    def setup(self) -> None:
+        super().setup()
+        self._up: http.client.HTTPConnection | None = None
+
+    def finish(self) -> None:
+        if self._up is not None:
+            self._up.close()
+        super().finish()
+
+    def _forward(self) -> None:
+        if not self.begin():
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+        if body is not None or self.command in ("PUT", "POST", "PATCH"):
+            headers["Content-Length"] = str(length)
+        for attempt in (0, 1):
+            if self._up is None:
+                self._up = http.client.HTTPConnection(*self.server.upstream, timeout=120)
+            try:
+                self._up.request(self.command, self.path, body=body, headers=headers)
+                resp = self._up.getresponse()
+                data = resp.read()
+                break
+            except (ConnectionError, http.client.HTTPException):
+                self._up.close()
+                self._up = None
+                if attempt:
+                    raise
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in HOP:
+                self.send_header(k, v)
+        if self.command == "HEAD":
+            self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
+        else:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD" and data:
+            self.wfile.flush()
+            self.send_body(data, 0, len(data))
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward
+
+
+class ShapingProxy:
+    """Forward ``127.0.0.1:<port>`` to ``upstream``; ``link``, ``faults``, ``counters`` as any origin."""
+
+    def __init__(self, host: str, port: int, *, link: Link | None = None) -> None:
+        self._server = _ProxyServer(("127.0.0.1", 0), ProxyHandler, link=link)
+        self._server.upstream = (host, port)
+
+    def start(self) -> ShapingProxy:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> ShapingProxy:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def endpoint(self) -> str:
+        return self._server.endpoint
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.split("://", 1)[1]
+
+    @property
+    def link(self) -> Link | None:
+        return self._server.link
+
+    @link.setter
+    def link(self, link: Link | None) -> None:
+        self._server.link = link
+
+    @property
+    def faults(self):
+        return self._server.faults
+
+    @property
+    def counters(self):
+        return self._server.counters
+
+    def reset(self) -> None:
+        self.counters.reset()
+        self.faults.clear()
+        self.link = None
