@@ -12,19 +12,23 @@ Semantics (decided and tested):
 * ``dtype=`` casts floating-point tensors (which necessarily copies); integer, bool and complex
   tensors keep their stored dtype (like ``from_pretrained(torch_dtype=...)``).
 
-``populate`` makes every page resident before returning. Measured on this project's dev box
-(2 vCPU VM, Linux 6.18, 1.5 GiB file, ``bench/populate`` numbers in ``bench/load.py --populate``)::
+``populate`` makes every page resident before returning. Measured on the dev box (2 vCPU VM,
+Linux 6.18, virtio disk; 1.6 GB file, median of 3-5; warm = already in page cache)::
 
-    method                      warm (in page cache)   cold (evicted)
-    MADV_POPULATE_READ x2 thr   0.11 s  (13.6 GB/s)     0.98 s (1.6 GB/s)
-    MADV_POPULATE_READ x1 thr   0.19 s                  0.99 s
-    touch 1 byte/page x2 thr    0.21 s                  1.00 s
-    MADV_WILLNEED + touch       0.22 s                  0.97 s
-    MAP_POPULATE (read-only)    0.16 s                  1.01 s   (unusable: private+writable maps
-                                                                   would break COW = full copy)
+    method                          warm      cold     notes
+    MADV_POPULATE_READ, 2 threads   0.002 s   0.58 s   default ("madvise")
+    MADV_POPULATE_READ, 1 thread    0.003 s   0.64 s
+    touch 1 byte/page, 2 threads    0.005 s   0.70 s   ("touch"; fallback before Linux 5.14)
+    touch 1 byte/page, 1 thread     0.008 s   0.83 s
+    MADV_WILLNEED + touch           0.006 s   0.59-0.68 s  ("willneed")
+    WILLNEED + POPULATE_READ        -         0.59 s   ("willneed+madvise")
+    MAP_POPULATE (PROT_READ map)    0.001 s   0.53 s   not usable: on our private writable map
+                                                       it write-faults (breaks COW = full copy)
+    sequential 16 MiB preads        -         0.86 s   (the disk limit, for reference)
 
-so the default (``populate=True``) is ``"madvise"``: MADV_POPULATE_READ over 64 MiB chunks from a
-thread per core, falling back to the page touch on kernels before 5.14.
+Differences between the madvise variants are within noise (the 2.7 GB run of bench/load.py gave
+1.01 / 1.11 / 1.10 / 1.19 s cold); MADV_POPULATE_READ is kept as the default because it is one
+syscall per 64 MiB, needs no Python per page, and never dirties a page.
 
 >>> tensors = load_file("model.safetensors")                  # doctest: +SKIP
 >>> tensors["lm_head.weight"].data_ptr() != 0                  # a view of the page cache
