@@ -100,8 +100,15 @@ class Index:
             str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
         )
         self._db.execute("PRAGMA foreign_keys=ON")
-        if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            self._create()
+        for attempt in range(200):  # two processes creating a fresh index at once: switching to WAL
+            try:                     # answers "locked" without waiting on the busy timeout; retry
+                if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    self._create()
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 199:
+                    raise
+                time.sleep(0.05)
 
     def _create(self) -> None:
         with self._lock:
@@ -237,3 +244,53 @@ class Index:
 
     def refs_of(self, source: str) -> dict[str, str]:
         return dict(self.query("SELECT name, revision FROM refs WHERE source=?", (source,)))
+
+    # -- management (eviction, gc, ls) ---------------------------------------------------------
+    def remove_snapshot(self, sid: int) -> None:
+        """Drop a snapshot, its file rows and the refs that point at its revision (one transaction)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT source, revision FROM snapshots WHERE id=?", (sid,)).fetchone()
+            if row is None:
+                return
+            db.execute("DELETE FROM files WHERE snapshot=?", (sid,))
+            db.execute("DELETE FROM snapshots WHERE id=?", (sid,))
+            db.execute("DELETE FROM refs WHERE source=? AND revision=?", row)
+
+    def snapshot_digests(self, sid: int) -> list[str]:
+        return [r[0] for r in self.query("SELECT digest FROM files WHERE snapshot=?", (sid,))]
+
+    def reference_counts(self) -> dict[str, int]:
+        """``{digest: number of file rows naming it}`` over every snapshot."""
+        from collections import Counter
+
+        return Counter(dict(self.query("SELECT digest, COUNT(*) FROM files GROUP BY digest")))
+
+    def referenced_digests(self) -> set[str]:
+        return {r[0] for r in self.query("SELECT DISTINCT digest FROM files")}
+
+    def blob_referenced(self, digest: str) -> bool:
+        return bool(self.query("SELECT 1 FROM files WHERE digest=? LIMIT 1", (digest,)))
+
+    def blob_sizes(self) -> dict[str, int]:
+        return dict(self.query("SELECT digest, size FROM blobs"))
+
+    def forget_blob(self, digest: str) -> None:
+        """Drop a blob's row unless a snapshot names it again (it was removed from disk)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM blobs WHERE digest=? AND NOT EXISTS "
+                       "(SELECT 1 FROM files WHERE digest=?)", (digest, digest))
+            db.execute("DELETE FROM keys WHERE digest=? AND NOT EXISTS "
+                       "(SELECT 1 FROM files WHERE digest=?)", (digest, digest))
+
+    def total_blob_bytes(self) -> int:
+        return int(self.query("SELECT COALESCE(SUM(size), 0) FROM blobs")[0][0])
+
+    def set_verified(self, digest: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE blobs SET verified=? WHERE digest=?", (time.time(), digest))
+
+    def listing_rows(self) -> list[tuple]:
+        """One row per (snapshot, file) for ``ls``: id, source, revision, last_used, pinned, digest, size."""
+        return self.query(
+            "SELECT s.id, s.source, s.revision, s.created, s.last_used, s.pinned, f.digest, f.size "
+            "FROM snapshots s LEFT JOIN files f ON f.snapshot = s.id ORDER BY s.source, s.created")

@@ -26,12 +26,28 @@ DISK_RESERVE = 256 * 2**20
 class Cache:
     """The cache home. ``max_size`` is the byte budget for blobs (None: no budget)."""
 
-    def __init__(self, home: Path, *, max_size: int | None = None) -> None:
+    def __init__(self, home: Path, *, max_size: int | None = None, memory_dir: Path | None = None,
+                 memory_max_size: int | None = None, shared_dir: Path | None = None) -> None:
         self.layout = Layout(Path(home))
         self.layout.ensure()
         self.store = BlobStore(self.layout)
         self.max_size = max_size
         self._index: Index | None = None
+        self.shared_dir = Path(shared_dir) if shared_dir else None
+        self.memory = None
+        if memory_dir is not None:
+            from .tiers import MemoryTier
+
+            self.memory = MemoryTier(Path(memory_dir), memory_max_size)
+
+    @classmethod
+    def from_settings(cls, settings) -> Cache:
+        """The cache home of ``settings`` with its budget and tiers.
+
+        >>> Cache.from_settings(Settings.from_env())      # doctest: +SKIP
+        """
+        return cls(settings.home, max_size=settings.max_size, memory_dir=settings.memory_dir,
+                   memory_max_size=settings.memory_max_size, shared_dir=settings.shared_dir)
 
     @property
     def index(self) -> Index:

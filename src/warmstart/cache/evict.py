@@ -1,0 +1,356 @@
+"""Eviction and garbage collection: compute a frozen plan (what, why, how many bytes), then execute it.
+
+Order inside :meth:`Plan.execute`, chosen so that a crash at any point leaves every remaining
+snapshot's blobs intact (an orphan blob is harmless; the next ``gc`` removes it):
+
+1. drop the snapshot's index rows (it stops naming its blobs);
+2. remove its views (``hub/models--…/snapshots/<commit>``, refs pointing at it, unused ``hub/…/blobs/<etag>``
+   links; or ``snapshots/<scheme>/…`` for other sources);
+3. delete each blob that no remaining snapshot names and no live lease holds — re-checked right
+   before each unlink, so a pull or load that started after planning keeps its blobs.
+
+>>> plan = plan_gc(cache, max_size=10**9)        # doctest: +SKIP
+>>> print(plan.describe()); plan.execute()       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ..errors import CacheFullError
+from . import leases
+from .index import SnapshotRow
+
+if TYPE_CHECKING:
+    from .manager import Cache
+
+log = logging.getLogger(__name__)
+
+#: unreferenced blobs younger than this are left alone by gc: a pull may be about to record them
+ORPHAN_GRACE_S = 600.0
+#: partial downloads untouched for this long are removed by gc
+STALE_TMP_S = 7 * 86400.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    """One step of a plan. ``kind``: ``snapshot`` (drop a snapshot and its views), ``blob`` (an orphan
+    blob), ``tmp`` (a stale partial file); ``bytes`` is what it frees."""
+
+    kind: str
+    what: str
+    why: str
+    bytes: int
+    snapshot_id: int | None = None
+    digests: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "what": self.what, "why": self.why, "bytes": self.bytes}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    snapshots: int
+    blobs: int
+    freed: int
+    kept_leased: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"snapshots_removed": self.snapshots, "blobs_removed": self.blobs, "bytes_freed": self.freed,
+                "blobs_kept_leased": list(self.kept_leased)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A frozen list of actions over one cache; ``--dry-run`` prints it, :meth:`execute` carries it out."""
+
+    cache: Cache = dataclasses.field(repr=False, compare=False)
+    actions: tuple[Action, ...]
+    used_before: int
+    budget: int | None = None
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def freed(self) -> int:
+        return sum(a.bytes for a in self.actions)
+
+    def describe(self) -> str:
+        """A human-readable plan, one action per line."""
+        lines = [f"cache uses {human(self.used_before)}"
+                 + (f", budget {human(self.budget)}" if self.budget is not None else "")]
+        for a in self.actions:
+            lines.append(f"  remove {a.kind:8} {a.what}  ({human(a.bytes)}): {a.why}")
+        for s in self.skipped:
+            lines.append(f"  keep            {s}")
+        lines.append(f"frees {human(self.freed)} in {len(self.actions)} step(s)" if self.actions
+                     else "nothing to remove")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"used_bytes": self.used_before, "budget": self.budget, "bytes_to_free": self.freed,
+                "actions": [a.to_json() for a in self.actions], "kept": list(self.skipped)}
+
+    def execute(self) -> Result:
+        """Carry the plan out in the crash-safe order of the module docstring."""
+        cache = self.cache
+        candidates: dict[str, None] = {}
+        snaps = 0
+        for a in self.actions:
+            if a.kind == "snapshot" and a.snapshot_id is not None:
+                row = cache.index.get_snapshot(a.snapshot_id)
+                if row is None:
+                    continue
+                files = cache.index.snapshot_files(row.id)
+                cache.index.remove_snapshot(row.id)  # 1. the index stops naming the blobs
+                _remove_views(cache, row, files)      # 2. the views
+                snaps += 1
+                candidates.update(dict.fromkeys(a.digests))
+            elif a.kind == "blob":
+                candidates.update(dict.fromkeys(a.digests))
+            elif a.kind == "tmp":
+                _unlink(cache.layout.home / a.what)
+        blobs, freed, kept = _remove_blobs(cache, candidates)  # 3. unreferenced, unleased blobs
+        return Result(snaps, blobs, freed, tuple(kept))
+
+
+def _unlink(path: os.PathLike) -> int:
+    try:
+        size = os.lstat(path).st_size
+        os.unlink(path)
+        return size
+    except FileNotFoundError:
+        return 0
+
+
+def _remove_blobs(cache: Cache, digests: Iterable[str]) -> tuple[int, int, list[str]]:
+    held = leases.leased_digests(cache.layout)
+    count = freed = 0
+    kept: list[str] = []
+    for d in digests:
+        if d in held:
+            kept.append(d)
+            continue
+        if cache.index.blob_referenced(d):  # a snapshot recorded since planning names it
+            continue
+        if leases.leased_digests(cache.layout).get(d):  # re-checked right before the unlink
+            kept.append(d)
+            continue
+        n = cache.store.remove(d)
+        if cache.memory is not None:
+            cache.memory.drop(d)
+        cache.index.forget_blob(d)
+        if n:
+            count += 1
+            freed += n
+    return count, freed, kept
+
+
+def _remove_views(cache: Cache, row: SnapshotRow, files) -> None:
+    """Remove a dropped snapshot's views: the hub snapshot dir, refs naming it, unused etag links."""
+    import shutil
+
+    from .views import source_view
+
+    if not row.source.startswith("hf://"):
+        shutil.rmtree(source_view(cache.layout, row.source, row.revision, []), ignore_errors=True)
+        return
+    repo = cache.layout.hub_repo(row.source.removeprefix("hf://"))
+    shutil.rmtree(repo / "snapshots" / row.revision, ignore_errors=True)
+    refs_dir = repo / "refs"
+    if refs_dir.is_dir():
+        for ref in list(refs_dir.rglob("*")):
+            try:
+                if ref.is_file() and ref.read_text().strip() == row.revision:
+                    ref.unlink()
+            except OSError:
+                pass
+    still = {e for (e,) in cache.index.query(
+        "SELECT DISTINCT COALESCE(f.etag, f.digest) FROM files f JOIN snapshots s ON s.id=f.snapshot "
+        "WHERE s.source=?", (row.source,))}
+    for f in files:
+        etag = f.etag or f.digest
+        if etag not in still:
+            _unlink(repo / "blobs" / etag)
+    if not cache.index.snapshots(row.source):
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+def human(n: float | None) -> str:
+    """``1234567`` -> ``'1.2 MB'``."""
+    if n is None:
+        return "unlimited"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def used_bytes(cache: Cache) -> int:
+    """Bytes of the blobs the index knows (the budget counts these)."""
+    return cache.index.total_blob_bytes()
+
+
+def scan_blobs(cache: Cache) -> list[tuple[str, int, float]]:
+    """Every blob file on disk as ``(digest, size, mtime)``; temporary names are skipped."""
+    out = []
+    try:
+        prefixes = os.listdir(cache.layout.blobs)
+    except FileNotFoundError:
+        return out
+    for p in prefixes:
+        try:
+            with os.scandir(cache.layout.blobs / p) as it:
+                for e in it:
+                    if len(e.name) != 64:
+                        continue
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    out.append((e.name, st.st_size, st.st_mtime))
+        except (NotADirectoryError, FileNotFoundError):
+            continue
+    return out
+
+
+# -- planning -----------------------------------------------------------------------------------
+def _evictable(cache: Cache, protect: set[str], held: dict[str, list[int]]) -> list[tuple[SnapshotRow, list[str]]]:
+    """Unpinned snapshots none of whose blobs is leased or protected, least recently used first."""
+    out = []
+    for row in sorted(cache.index.snapshots(), key=lambda r: r.last_used):
+        if row.pinned:
+            continue
+        digests = cache.index.snapshot_digests(row.id)
+        if any(d in held or d in protect for d in digests):
+            continue
+        out.append((row, digests))
+    return out
+
+
+def plan_eviction(cache: Cache, budget: int, *, need: int = 0, protect: Iterable[str] = (),
+                  why: str = "least recently used") -> Plan:
+    """Evict LRU snapshots until blob usage plus ``need`` fits in ``budget``. The plan may fall short
+    (everything left is pinned, leased or protected): compare ``plan.used_before - plan.freed + need``."""
+    protect = set(protect)
+    held = leases.leased_digests(cache.layout)
+    used = used_bytes(cache)
+    refs = cache.index.reference_counts()
+    sizes = cache.index.blob_sizes()
+    actions: list[Action] = []
+    skipped: list[str] = []
+    freed = 0
+    for row, digests in _evictable(cache, protect, held):
+        if used - freed + need <= budget:
+            break
+        gone = []
+        for d in set(digests):
+            refs[d] -= digests.count(d)
+            if refs[d] <= 0:
+                gone.append(d)
+        nbytes = sum(sizes.get(d, 0) for d in gone)
+        freed += nbytes
+        age = time.time() - row.last_used
+        actions.append(Action("snapshot", f"{row.source}@{row.revision[:12]}",
+                              f"{why}, last used {_ago(age)} ago", nbytes, row.id, tuple(sorted(gone))))
+    for row in cache.index.snapshots():
+        if row.pinned:
+            skipped.append(f"{row.source}@{row.revision[:12]} (pinned)")
+    for d, pids in held.items():
+        skipped.append(f"blob {d[:12]} (in use by pid {', '.join(map(str, sorted(set(pids))))})")
+    return Plan(cache, tuple(actions), used, budget, tuple(skipped))
+
+
+def plan_gc(cache: Cache, *, max_size: int | None = None) -> Plan:
+    """Orphan blobs (named by no snapshot, older than the grace period), stale partial downloads, and,
+    with ``max_size``, LRU snapshots until the cache fits."""
+    base = plan_eviction(cache, max_size, why="over the budget") if max_size is not None else None
+    actions = list(base.actions) if base else []
+    referenced = cache.index.referenced_digests()
+    now = time.time()
+    for digest, size, mtime in scan_blobs(cache):
+        if digest in referenced or now - mtime < ORPHAN_GRACE_S:
+            continue
+        actions.append(Action("blob", digest[:16], "named by no snapshot", size, None, (digest,)))
+    for entry in _tmp_entries(cache):
+        path, size, mtime = entry
+        if now - mtime > STALE_TMP_S:
+            actions.append(Action("tmp", os.path.relpath(path, cache.layout.home),
+                                  f"partial download untouched for {_ago(now - mtime)}", size))
+    used = base.used_before if base else used_bytes(cache)
+    return Plan(cache, tuple(actions), used, max_size, base.skipped if base else ())
+
+
+def plan_remove(cache: Cache, rows: list[SnapshotRow]) -> Plan:
+    """Remove exactly ``rows`` (``warmstart rm``); raises InUseError if a live lease holds any blob."""
+    from ..errors import InUseError
+
+    held = leases.leased_digests(cache.layout)
+    refs = cache.index.reference_counts()
+    sizes = cache.index.blob_sizes()
+    actions = []
+    for row in rows:
+        digests = cache.index.snapshot_digests(row.id)
+        pids = sorted({p for d in digests for p in held.get(d, ())})
+        if pids:
+            raise InUseError(f"{row.source}@{row.revision[:12]} is in use by process(es) "
+                             f"{', '.join(map(str, pids))}; stop them (or wait) and run rm again")
+        gone = []
+        for d in set(digests):
+            refs[d] -= digests.count(d)
+            if refs[d] <= 0:
+                gone.append(d)
+        actions.append(Action("snapshot", f"{row.source}@{row.revision[:12]}", "requested by rm",
+                              sum(sizes.get(d, 0) for d in gone), row.id, tuple(sorted(gone))))
+    return Plan(cache, tuple(actions), used_bytes(cache), None)
+
+
+def make_room(cache: Cache, need: int, *, protect: Iterable[str] = ()) -> None:
+    """Before a pull: evict LRU snapshots so that ``need`` new bytes fit in ``cache.max_size``, or raise
+    :class:`CacheFullError` without touching anything."""
+    budget = cache.max_size
+    if budget is None:
+        return
+    if need > budget:
+        raise CacheFullError(f"this pull needs {human(need)} but the cache budget is {human(budget)}; "
+                             "raise WARMSTART_MAX_SIZE / --max-size")
+    plan = plan_eviction(cache, budget, need=need, protect=protect)
+    if plan.used_before - plan.freed + need > budget:
+        raise CacheFullError(
+            f"cannot make room for {human(need)} within the budget of {human(budget)}: "
+            f"{human(plan.used_before)} is used and only {human(plan.freed)} can be evicted (the rest is "
+            "pinned or in use); unpin or rm models, or raise WARMSTART_MAX_SIZE")
+    if plan.actions:
+        log.info("evicting to make room for %s: %s", human(need), plan.describe())
+        plan.execute()
+
+
+def _tmp_entries(cache: Cache) -> list[tuple[str, int, float]]:
+    out = []
+    try:
+        with os.scandir(cache.layout.tmp) as it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if e.is_file(follow_symlinks=False):
+                    out.append((e.path, st.st_size, st.st_mtime))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _ago(seconds: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n:
+            return f"{seconds / n:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+__all__ = ["Action", "Plan", "Result", "make_room", "plan_eviction", "plan_gc", "plan_remove"]

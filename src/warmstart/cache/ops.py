@@ -1,0 +1,255 @@
+"""The cache as a management object: ``ls``, ``du``, ``rm``, ``gc``, ``verify``, ``pin``/``unpin``, ``adopt``,
+and the RAM tier. ``warmstart.cache()`` returns one; the CLI's cache commands call nothing else.
+
+>>> import warmstart
+>>> c = warmstart.cache()                                  # doctest: +SKIP
+>>> [(e.model, e.revision[:8], e.size) for e in c.ls()]    # doctest: +SKIP
+>>> plan = c.gc(max_size="50G", dry_run=True); print(plan.describe())   # doctest: +SKIP
+>>> c.pin("hf://Qwen/Qwen2.5-0.5B"); c.verify(repair=True)              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+from ..config import Settings, parse_size
+from ..errors import NotFoundError
+from . import evict, leases
+from .index import SnapshotRow
+from .manager import Cache
+from .store import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One cached snapshot as ``ls`` shows it."""
+
+    model: str
+    revision: str
+    refs: tuple[str, ...]
+    files: int
+    size: int
+    shared: int
+    last_used: float
+    pinned: bool
+    tier: str
+    in_use_by: tuple[int, ...] = ()
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["refs"], d["in_use_by"] = list(self.refs), list(self.in_use_by)
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify`` found: blobs checked, bytes hashed, corrupt and missing blobs, snapshots repaired."""
+
+    checked: int
+    bytes: int
+    seconds: float
+    corrupt: tuple[str, ...]
+    missing: tuple[str, ...]
+    repaired: tuple[str, ...] = ()
+    quarantined: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return (not self.corrupt and not self.missing) or self._all_repaired
+
+    _all_repaired: bool = False
+
+    def to_json(self) -> dict:
+        return {"checked": self.checked, "bytes": self.bytes, "seconds": round(self.seconds, 3),
+                "corrupt": list(self.corrupt), "missing": list(self.missing), "repaired": list(self.repaired),
+                "quarantined": list(self.quarantined), "ok": self.ok}
+
+
+class Manager(Cache):
+    """A :class:`Cache` with the management commands. Build with :meth:`open`."""
+
+    settings: Settings
+
+    @classmethod
+    def open(cls, settings: Settings | None = None) -> Manager:
+        settings = settings or Settings.from_env()
+        m = cls(settings.home, max_size=settings.max_size, memory_dir=settings.memory_dir,
+                memory_max_size=settings.memory_max_size, shared_dir=settings.shared_dir)
+        m.settings = settings
+        return m
+
+    # -- finding snapshots -----------------------------------------------------------------------
+    def find(self, ref: str, revision: str | None = None, *, default_only: bool = False) -> list[SnapshotRow]:
+        """The cached snapshots of ``ref`` (all of them, or the one its revision names); NotFoundError if none."""
+        from ..refs import parse
+
+        r = parse(ref, revision=revision)
+        key = str(r.with_revision(None))
+        rows = self.index.snapshots(key)
+        if r.revision:
+            rev = self.index.get_ref(key, r.revision) or r.revision
+            rows = [x for x in rows if x.revision == rev or (len(rev) >= 7 and x.revision.startswith(rev))]
+        elif default_only and len(rows) > 1:
+            from ..fetch import DEFAULT_REVISION
+
+            rev = self.index.get_ref(key, DEFAULT_REVISION.get(r.scheme, "latest"))
+            rows = [x for x in rows if x.revision == rev] or [max(rows, key=lambda x: x.created)]
+        if not rows:
+            what = f"{key}@{r.revision}" if r.revision else key
+            raise NotFoundError(f"{what} is not in the cache; `warmstart ls` lists what is")
+        return rows
+
+    # -- ls / du -------------------------------------------------------------------------------
+    def ls(self) -> list[Entry]:
+        """Every snapshot: model, revision, size, bytes shared with other snapshots, last use, pin, tier."""
+        rows = self.index.listing_rows()
+        owners = dict(self.index.query("SELECT digest, COUNT(DISTINCT snapshot) FROM files GROUP BY digest"))
+        refs: dict[tuple[str, str], list[str]] = {}
+        for source, name, rev in self.index.query("SELECT source, name, revision FROM refs"):
+            refs.setdefault((source, rev), []).append(name)
+        in_ram = set(self.memory.digests()) if self.memory is not None else set()
+        held = leases.leased_digests(self.layout)
+        snaps: dict[int, dict] = {}
+        for sid, source, rev, _created, last_used, pinned, digest, size in rows:
+            s = snaps.setdefault(sid, {"source": source, "rev": rev, "last": last_used, "pinned": pinned,
+                                       "files": 0, "size": 0, "shared": 0, "ram": 0, "pids": set()})
+            if digest is None:
+                continue
+            s["files"] += 1
+            s["size"] += size
+            if owners.get(digest, 0) > 1:
+                s["shared"] += size
+            if digest in in_ram:
+                s["ram"] += 1
+            s["pids"].update(held.get(digest, ()))
+        return [Entry(s["source"], s["rev"], tuple(sorted(refs.get((s["source"], s["rev"]), ()))), s["files"],
+                      s["size"], s["shared"], s["last"], bool(s["pinned"]),
+                      "memory" if s["files"] and s["ram"] == s["files"] else "disk", tuple(sorted(s["pids"])))
+                for s in snaps.values()]
+
+    def du(self) -> dict:
+        """Bytes on disk (blobs, partial downloads), the budget, and the tiers' usage."""
+        blobs = evict.scan_blobs(self)
+        tmp = sum(e[1] for e in evict._tmp_entries(self))
+        out = {"home": str(self.layout.home), "blobs": len(blobs), "blob_bytes": sum(b[1] for b in blobs),
+               "tmp_bytes": tmp, "snapshots": len(self.index.snapshots()), "budget": self.max_size,
+               "indexed_bytes": evict.used_bytes(self)}
+        if self.memory is not None:
+            out.update(memory_dir=str(self.memory.root), memory_bytes=self.memory.used(),
+                       memory_budget=self.memory.max_size)
+        if self.shared_dir is not None:
+            out["shared_dir"] = str(self.shared_dir)
+        return out
+
+    # -- rm / gc -------------------------------------------------------------------------------
+    def rm(self, ref: str, revision: str | None = None, *, dry_run: bool = False) -> evict.Plan | evict.Result:
+        """Remove a model (every cached revision, or one); InUseError names the processes holding it."""
+        plan = evict.plan_remove(self, self.find(ref, revision))
+        return plan if dry_run else plan.execute()
+
+    def plan_gc(self, max_size: int | str | None = None) -> evict.Plan:
+        budget = parse_size(max_size) if max_size is not None else self.max_size
+        return evict.plan_gc(self, max_size=budget)
+
+    def gc(self, max_size: int | str | None = None, *, dry_run: bool = False) -> evict.Plan | evict.Result:
+        """Remove orphan blobs, stale partial files and stale leases; with a budget, LRU snapshots too."""
+        plan = self.plan_gc(max_size)
+        if dry_run:
+            return plan
+        result = plan.execute()
+        if self.memory is not None:
+            self.memory.gc(self)
+        return result
+
+    # -- pins ----------------------------------------------------------------------------------
+    def pin(self, ref: str, revision: str | None = None, *, pinned: bool = True) -> list[SnapshotRow]:
+        rows = self.find(ref, revision, default_only=True)
+        for r in rows:
+            self.index.set_pinned(r.id, pinned)
+        return rows
+
+    def unpin(self, ref: str, revision: str | None = None) -> list[SnapshotRow]:
+        return self.pin(ref, revision, pinned=False)
+
+    # -- verify --------------------------------------------------------------------------------
+    def verify(self, ref: str | None = None, revision: str | None = None, *, repair: bool = False,
+               workers: int | None = None) -> VerifyReport:
+        """Re-hash blobs (different blobs in parallel threads: hashlib releases the GIL). Corrupt blobs are
+        moved to ``quarantine/``; with ``repair`` their snapshots are pulled again."""
+        t0 = time.monotonic()
+        rows = self.find(ref, revision) if ref else self.index.snapshots()
+        digests: dict[str, int] = {}
+        for r in rows:
+            for f in self.index.snapshot_files(r.id):
+                digests[f.digest] = f.size
+        workers = workers or os.cpu_count() or 1
+        corrupt, missing, quarantined = [], [], []
+        hashed = 0
+
+        def check(d: str) -> tuple[str, str, int]:
+            p = self.store.path(d)
+            try:
+                size = p.stat().st_size
+            except FileNotFoundError:
+                return d, "missing", 0
+            return d, "ok" if sha256_file(p).hexdigest() == d else "corrupt", size
+
+        order = sorted(digests, key=lambda d: -digests[d])  # big ones first: the pool ends together
+        with cf.ThreadPoolExecutor(workers) as pool:
+            for d, state, n in pool.map(check, order):
+                hashed += n
+                if state == "missing":
+                    missing.append(d)
+                elif state == "corrupt":
+                    corrupt.append(d)
+                    quarantined.append(str(self._quarantine(d)))
+                else:
+                    self.index.set_verified(d)
+        repaired = []
+        bad = set(corrupt) | set(missing)
+        if repair and bad:
+            from .. import api
+
+            for r in rows:
+                if bad & set(self.index.snapshot_digests(r.id)):
+                    api.pull(f"{r.source}@{r.revision}", quiet=True, settings=self.settings)
+                    repaired.append(f"{r.source}@{r.revision}")
+        left = [d for d in bad if not self.store.has(d)]
+        return VerifyReport(len(digests), hashed, time.monotonic() - t0, tuple(corrupt), tuple(missing),
+                            tuple(repaired), tuple(quarantined), _all_repaired=bool(repaired) and not left)
+
+    def _quarantine(self, digest: str) -> Path:
+        """Move a corrupt blob out of ``blobs/`` (never served again, kept for inspection)."""
+        self.layout.quarantine.mkdir(parents=True, exist_ok=True)
+        dest = self.layout.quarantine / f"{digest}.{int(time.time())}"
+        try:
+            os.replace(self.store.path(digest), dest)
+        except FileNotFoundError:
+            pass
+        if self.memory is not None:
+            self.memory.drop(digest)
+        log.warning("blob %s is corrupt; moved it to %s", digest[:12], dest)
+        return dest
+
+    # -- tiers and adoption ----------------------------------------------------------------------
+    def promote(self, ref: str, revision: str | None = None) -> Path:
+        """Copy a cached snapshot into the RAM tier; returns its RAM view directory."""
+        if self.memory is None:
+            from ..errors import ConfigError
+
+            raise ConfigError("no RAM tier: set WARMSTART_MEMORY_DIR (e.g. /dev/shm/warmstart)")
+        row = self.find(ref, revision, default_only=True)[0]
+        return self.memory.promote(self, row.source, row.revision, self.index.snapshot_files(row.id))
+
+    def adopt(self, hf_cache: str | os.PathLike | None = None, *, dry_run: bool = False):
+        """Bring models a huggingface_hub cache holds under management without copying (see ``adopt.py``)."""
+        from .adopt import adopt
+
+        return adopt(self, hf_cache, dry_run=dry_run)

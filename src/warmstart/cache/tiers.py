@@ -1,0 +1,329 @@
+"""Cache tiers around the disk cache: a RAM tier (tmpfs) above it and a shared tier (a directory many
+nodes mount) below it.
+
+::
+
+    $WARMSTART_MEMORY_DIR/ (e.g. /dev/shm/warmstart)     $WARMSTART_SHARED_DIR/ (CephFS, NFS, JuiceFS…)
+    ├── blobs/sha256/ab/<digest>   copies of disk blobs   ├── blobs/sha256/ab/<digest>   verified content
+    ├── views/<name>/<file> -> …/blobs/sha256/…           ├── keys/<transfer key>        "<digest>" (files
+    └── tmp/                                             │                               without a sha256)
+                                                         └── (temporary names: .<digest>.<uuid>.tmp)
+
+The RAM tier is a cache over the disk cache: every blob it holds is also on disk, so *demoting* a blob
+(its LRU, by last use) only drops the RAM copy. It survives process restarts (and pod restarts when it
+is a node path). The shared tier needs no locks: a writer copies to a unique temporary name and
+renames; a reader verifies the sha256 of everything it reads, so a torn or corrupt file is ignored
+(and removed), never served.
+
+>>> ok = shared_fetch(cache, Path("/mnt/models"), digest, size)          # doctest: +SKIP
+>>> shared_publish(Path("/mnt/models"), cache.store.path(digest), digest)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import errno
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import CacheFullError
+from . import leases
+from .layout import Layout, check_digest
+from .store import _copy
+
+if TYPE_CHECKING:
+    from .manager import Cache
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 8 * 2**20
+READ_AHEAD = 8
+READERS = 4
+BLOB_WORKERS = 4
+#: fsync blobs copied from the shared tier (as downloads are); the bench measures both
+FSYNC = True
+
+
+# ---------------------------------------------------------------------------------------- RAM tier
+class MemoryTier:
+    """Blobs copied into a tmpfs directory with their own byte budget and LRU.
+
+    >>> tier = MemoryTier(Path("/dev/shm/warmstart"), max_size=8 * 10**9)        # doctest: +SKIP
+    >>> view = tier.promote(cache, "hf://org/name", "<commit>", files)           # doctest: +SKIP
+    """
+
+    def __init__(self, root: Path, max_size: int | None = None) -> None:
+        self.root = Path(root)
+        self.layout = Layout(self.root)
+        self.max_size = max_size
+
+    def path(self, digest: str) -> Path:
+        return self.layout.blob(digest)
+
+    def has(self, digest: str, size: int | None = None) -> bool:
+        try:
+            st = os.stat(self.path(digest))
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    def digests(self) -> dict[str, tuple[int, float]]:
+        """``{digest: (size, last_used)}`` of every blob in the tier."""
+        out: dict[str, tuple[int, float]] = {}
+        try:
+            prefixes = os.listdir(self.layout.blobs)
+        except FileNotFoundError:
+            return out
+        for p in prefixes:
+            try:
+                with os.scandir(self.layout.blobs / p) as it:
+                    for e in it:
+                        if len(e.name) == 64:
+                            st = e.stat(follow_symlinks=False)
+                            out[e.name] = (st.st_size, st.st_mtime)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        return out
+
+    def used(self) -> int:
+        return sum(s for s, _ in self.digests().values())
+
+    def drop(self, digest: str) -> int:
+        """Demote one blob (its disk copy stays); returns the bytes freed."""
+        p = self.path(digest)
+        try:
+            n = p.stat().st_size
+            p.unlink()
+            return n
+        except FileNotFoundError:
+            return 0
+
+    def make_room(self, cache: Cache, need: int, protect: set[str]) -> None:
+        """Demote least-recently-used, unleased blobs until ``need`` more bytes fit in the budget."""
+        if self.max_size is None or need <= 0:
+            return
+        if need > self.max_size:
+            raise CacheFullError(f"this model needs {need / 1e9:.2f} GB of RAM tier but WARMSTART_MEMORY_MAX_SIZE "
+                                 f"is {self.max_size / 1e9:.2f} GB; raise it or load from disk")
+        have = self.digests()
+        used = sum(s for s, _ in have.values())
+        if used + need <= self.max_size:
+            return
+        held = leases.leased_digests(cache.layout)
+        for d, (size, _) in sorted(have.items(), key=lambda kv: kv[1][1]):
+            if used + need <= self.max_size:
+                break
+            if d in protect or d in held:
+                continue
+            used -= self.drop(d)
+            log.info("RAM tier: demoted %s (%d bytes) to disk", d[:12], size)
+        if used + need > self.max_size:
+            raise CacheFullError(f"RAM tier {self.root} is full of models in use; free some, or raise "
+                                 "WARMSTART_MEMORY_MAX_SIZE")
+
+    def promote(self, cache: Cache, source: str, revision: str, files: Iterable) -> Path:
+        """Copy a snapshot's blobs into RAM (demoting others as needed); returns a view directory of its
+        files whose links point into RAM. ``files``: objects with ``path``, ``digest``, ``size``."""
+        files = list(files)
+        wanted = {f.digest: f.size for f in files}
+        need = sum(s for d, s in wanted.items() if not self.has(d, s))
+        self.make_room(cache, need, set(wanted))
+        self.layout.tmp.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for d, size in wanted.items():
+            dest = self.path(d)
+            if not self.has(d, size):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.layout.tmp / f"{d}.{uuid.uuid4().hex[:8]}"
+                _copy(cache.store.path(d), tmp)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, dest)
+            os.utime(dest, (now, now))  # last use: the tier's LRU key
+        name = hashlib.sha256(f"{source}@{revision}".encode()).hexdigest()[:24]
+        view = self.root / "views" / name
+        for f in files:
+            where = view / f.path
+            target = os.path.relpath(self.path(f.digest), where.parent)
+            try:
+                if os.readlink(where) == target:
+                    continue
+            except OSError:
+                pass
+            where.parent.mkdir(parents=True, exist_ok=True)
+            tmp = where.with_name(f".{where.name}.{uuid.uuid4().hex[:8]}.tmp")
+            os.symlink(target, tmp)
+            os.replace(tmp, where)
+        return view
+
+    def gc(self, cache: Cache) -> int:
+        """Drop RAM copies of blobs the disk cache no longer names; returns bytes freed."""
+        referenced = cache.index.referenced_digests()
+        return sum(self.drop(d) for d in self.digests() if d not in referenced)
+
+
+# -------------------------------------------------------------------------------------- shared tier
+def _shared_blob(shared_dir: Path, digest: str) -> Path:
+    return Path(shared_dir) / "blobs" / "sha256" / digest[:2] / check_digest(digest)
+
+
+def _key_path(shared_dir: Path, key: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:200]
+    return Path(shared_dir) / "keys" / safe
+
+
+def _copy_verified(src: Path, dst: Path, size: int) -> str:
+    """Copy ``src`` to ``dst`` with parallel big reads, hashing in order as it copies; returns sha256."""
+    h = hashlib.sha256()
+    fd_in = os.open(src, os.O_RDONLY)
+    fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd_in, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        offsets = list(range(0, size, READ_CHUNK))
+
+        def read(off: int) -> bytes:
+            want = min(READ_CHUNK, size - off)
+            data = os.pread(fd_in, want, off)
+            while len(data) < want:
+                more = os.pread(fd_in, want - len(data), off + len(data))
+                if not more:
+                    raise OSError(errno.EIO, f"{src} ended at byte {off + len(data)}, expected {size}")
+                data += more
+            return data
+
+        with cf.ThreadPoolExecutor(min(READERS, max(1, len(offsets)))) as pool:
+            pending = [pool.submit(read, o) for o in offsets[:READ_AHEAD]]
+            nxt = len(pending)
+            for off in offsets:
+                data = pending.pop(0).result()
+                if nxt < len(offsets):
+                    pending.append(pool.submit(read, offsets[nxt]))
+                    nxt += 1
+                h.update(data)  # releases the GIL: the readers keep going meanwhile
+                os.pwrite(fd_out, data, off)
+        if os.fstat(fd_in).st_size != size:
+            raise OSError(errno.EIO, f"{src} changed size while being read")
+    finally:
+        os.close(fd_in)
+        os.close(fd_out)
+    return h.hexdigest()
+
+
+def shared_fetch(cache: Cache, shared_dir: Path, digest: str, size: int | None) -> bool:
+    """Copy blob ``digest`` from the shared tier into the cache, verifying it; False if it is not there
+    (or is corrupt: then it is removed from the shared tier and the caller goes to the origin)."""
+    src = _shared_blob(shared_dir, digest)
+    try:
+        st = os.stat(src)
+    except OSError:
+        return False
+    if size is not None and st.st_size != size:
+        log.warning("shared tier: %s has %d bytes, expected %d; ignoring it", src, st.st_size, size)
+        return False
+    cache.layout.tmp.mkdir(parents=True, exist_ok=True)
+    tmp = cache.layout.tmp / f"shared-{digest[:16]}-{uuid.uuid4().hex[:8]}"
+    try:
+        got = _copy_verified(src, tmp, st.st_size)
+    except OSError as exc:
+        log.warning("shared tier: reading %s failed (%s); fetching from the origin", src, exc)
+        _rm(tmp)
+        return False
+    if got != digest:
+        log.warning("shared tier: %s is corrupt (sha256 %s); removed it, fetching from the origin", src, got[:12])
+        _rm(tmp)
+        _rm(src)
+        return False
+    cache.store.publish(tmp, digest, fsync=FSYNC)
+    cache.index.add_blob(digest, st.st_size)
+    return True
+
+
+def shared_publish(shared_dir: Path, blob_path: Path, digest: str) -> bool:
+    """Publish a verified blob to the shared tier (unique temporary name, then rename; no locks).
+    A read-only, full or missing shared directory is logged and skipped; returns True if published."""
+    dest = _shared_blob(shared_dir, digest)
+    try:
+        if dest.stat().st_size == os.stat(blob_path).st_size:
+            return True
+    except OSError:
+        pass
+    tmp = dest.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _copy(Path(blob_path), tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+        return True
+    except OSError as exc:
+        _rm(tmp)
+        log.warning("shared tier %s: cannot publish %s (%s); continuing without it", shared_dir, digest[:12],
+                    exc.strerror or exc)
+        return False
+
+
+def shared_publish_key(shared_dir: Path, key: str, digest: str) -> None:
+    """Record which digest a file without an origin sha256 turned out to have (rename, no locks)."""
+    dest = _key_path(shared_dir, key)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(digest)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        _rm(tmp)
+        log.debug("shared tier: cannot record key %s (%s)", key, exc)
+
+
+def _shared_key(shared_dir: Path, key: str) -> str | None:
+    try:
+        text = _key_path(shared_dir, key).read_text().strip()
+        return check_digest(text)
+    except (OSError, ValueError):
+        return None
+
+
+def shared_fetch_many(cache: Cache, shared_dir: Path, files: Iterable) -> int:
+    """Before a download: satisfy from the shared tier every listed file (``RemoteFile``-like: ``sha256``,
+    ``key``, ``size``) that is missing from the cache; blobs are copied in parallel. Returns bytes copied."""
+    todo: dict[str, tuple[int | None, str | None]] = {}
+    for f in files:
+        digest = f.sha256 or cache.digest_for_key(f.key) or _shared_key(shared_dir, f.key)
+        if not digest or cache.store.has(digest, f.size):
+            continue
+        if os.path.exists(_shared_blob(shared_dir, digest)):
+            todo[digest] = (f.size, None if f.sha256 else f.key)
+    if not todo:
+        return 0
+    cache.ensure_room(sum(s or 0 for s, _ in todo.values()), protect=set(todo))
+    copied = 0
+    with cf.ThreadPoolExecutor(min(BLOB_WORKERS, len(todo))) as pool:
+        futures = {pool.submit(shared_fetch, cache, shared_dir, d, s): (d, s, k) for d, (s, k) in todo.items()}
+        for fut in cf.as_completed(futures):
+            d, s, k = futures[fut]
+            if fut.result():
+                copied += s or 0
+                if k:
+                    cache.index.set_key(k, d, cache.store.path(d).stat().st_size)
+    log.info("shared tier: %d bytes of %d blob(s) came from %s", copied, len(todo), shared_dir)
+    return copied
+
+
+def _rm(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+__all__ = ["MemoryTier", "shared_fetch", "shared_fetch_many", "shared_publish", "shared_publish_key"]
