@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import os
 import sys
 from collections.abc import Iterable
@@ -19,7 +20,7 @@ from typing import Any
 from . import fetch, refs
 from .cache.manager import Cache
 from .config import Settings
-from .errors import NotFoundError
+from .errors import ConfigError, NotFoundError
 from .snapshot import Snapshot, SnapshotFile
 
 __all__ = ["pull", "load", "open", "load_into", "cache", "path", "Snapshot", "SnapshotFile"]
@@ -52,12 +53,15 @@ def pull(
     link: str = "symlink",
     quiet: bool | None = None,
     settings: Settings | None = None,
+    tier: str | None = None,
+    in_place: bool = False,
 ) -> Snapshot:
     """Make ``ref`` complete in the cache and return its :class:`Snapshot`.
 
     ``include``/``exclude`` are glob patterns on file paths; ``to`` also makes a plain directory of
     the files (``link``: ``symlink``, ``hardlink`` or ``copy``). A cached commit needs no request; a
-    cached branch needs one; offline, the cache answers alone.
+    cached branch needs one; offline, the cache answers alone. ``tier="memory"`` also copies it into the
+    RAM tier and returns that view as ``path`` (unless ``to`` is given).
 
     >>> snap = pull("hf://org/name@main", include="*.safetensors")    # doctest: +SKIP
     >>> snap.path, snap.revision                                        # doctest: +SKIP
@@ -65,15 +69,26 @@ def pull(
     settings = settings or Settings.from_env()
     r = refs.parse(ref, revision=revision)
     progress = _auto_progress(settings, quiet)
-    opts = fetch.PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress)
+    opts = fetch.PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress,
+                             in_place)
     try:
-        return fetch.pull(r, settings, opts)
+        snap = fetch.pull(r, settings, opts)
     finally:
         if progress is not None:
             progress.close()
+    if tier in (None, "disk"):
+        return snap
+    if tier != "memory":
+        raise builtins.ValueError(f"unknown tier {tier!r}: use 'disk' or 'memory'")
+    c = Cache.from_settings(settings)
+    if c.memory is None:
+        raise ConfigError("--tier memory needs a RAM tier: set WARMSTART_MEMORY_DIR (e.g. /dev/shm/warmstart)")
+    view = c.memory.promote(c, *snap.ref.rpartition("@")[::2], snap.files)
+    return snap if to else dataclasses.replace(snap, path=view)
 
 
-def _weight_paths(path_or_ref: str | os.PathLike, settings: Settings | None) -> list[Path]:
+def _weight_paths(path_or_ref: str | os.PathLike, settings: Settings | None,
+                  tier: str | None = None) -> list[Path]:
     from .load import weight_files
 
     p = Path(path_or_ref) if isinstance(path_or_ref, os.PathLike) else None
@@ -84,6 +99,28 @@ def _weight_paths(path_or_ref: str | os.PathLike, settings: Settings | None) -> 
             raise NotFoundError(f"{p}: no such file or directory")
         return [p] if p.is_file() else weight_files(p)
     snap = pull(str(path_or_ref), include=LOAD_INCLUDE, settings=settings)
+    return _leased_weights(snap, settings or Settings.from_env(), tier)
+
+
+def _leased_weights(snap: Snapshot, settings: Settings, tier: str | None) -> list[Path]:
+    """Hold this process's lease on the snapshot (kept for the process's life, see cache/leases.py), then
+    list its weight files — from the RAM tier when ``tier="memory"`` or when it is already there."""
+    from .cache import leases
+    from .load import weight_files
+
+    c = Cache.from_settings(settings)
+    leases.hold(c.layout, snap.ref, [f.digest for f in snap.files])
+    if not all(c.store.has(f.digest) for f in snap.files):  # a gc won the race before the lease: fetch again
+        snap = pull(snap.ref, include=LOAD_INCLUDE, settings=settings, quiet=True)
+    if tier not in (None, "disk", "memory"):
+        raise builtins.ValueError(f"unknown tier {tier!r}: use 'disk' or 'memory'")
+    if c.memory is not None and tier != "disk":
+        in_ram = all(c.memory.has(f.digest, f.size) for f in snap.files)
+        if tier == "memory" or in_ram:
+            source, _, revision = snap.ref.rpartition("@")
+            return weight_files(c.memory.promote(c, source, revision, snap.files))
+    elif tier == "memory":
+        raise ConfigError("tier='memory' needs a RAM tier: set WARMSTART_MEMORY_DIR (e.g. /dev/shm/warmstart)")
     return weight_files(snap.cache_path or snap.path)
 
 
@@ -96,18 +133,20 @@ def load(
     populate: bool | str = False,
     staging_bytes: int | None = None,
     settings: Settings | None = None,
+    tier: str | None = None,
 ) -> dict[str, Any]:
     """Load every tensor of a file, a model directory or a ref (pulled first if needed).
 
     On CPU the tensors are zero-copy views of a shared read-only mapping of the cached file, so
     processes loading the same model share one copy in the page cache. ``device="cuda:N"`` streams
     through a bounded pool of pinned buffers. ``populate`` makes every page resident up front.
+    ``tier="memory"`` keeps the model's blobs in the RAM tier (``WARMSTART_MEMORY_DIR``) and reads them there.
 
     >>> tensors = load("hf://sentence-transformers/all-MiniLM-L6-v2")     # doctest: +SKIP
     """
     from .load import load_paths
 
-    paths = _weight_paths(path_or_ref, settings)
+    paths = _weight_paths(path_or_ref, settings, tier)
     return load_paths(paths, device=device, dtype=dtype, framework=framework, populate=populate,
                       staging_bytes=staging_bytes)
 
@@ -127,18 +166,23 @@ def open(path_or_ref: str | os.PathLike, *, framework: str = "pt", settings: Set
 
 
 def load_into(module: Any, path_or_ref: str | os.PathLike, *, device: str = "cpu", dtype: Any = None,
-              strict: bool = True, settings: Settings | None = None):
+              strict: bool = True, settings: Settings | None = None, tier: str | None = None):
     """Fill ``module`` (an ``nn.Module``, possibly on the meta device) with the weights of a file,
     directory or ref; returns ``(missing_keys, unexpected_keys)`` as ``load_state_dict`` does."""
     from .load import load_into_module
 
-    return load_into_module(module, _weight_paths(path_or_ref, settings), device=device, dtype=dtype, strict=strict)
+    return load_into_module(module, _weight_paths(path_or_ref, settings, tier), device=device, dtype=dtype, strict=strict)
 
 
-def cache(*, settings: Settings | None = None) -> Cache:
-    """The cache home as an object (see :class:`warmstart.cache.manager.Cache`)."""
-    settings = settings or Settings.from_env()
-    return Cache(settings.home, max_size=settings.max_size)
+def cache(*, settings: Settings | None = None):
+    """The cache home as a management object (:class:`warmstart.cache.ops.Manager`, a ``Cache``):
+    ``ls()``, ``du()``, ``rm()``, ``gc()``, ``verify()``, ``pin()``, ``unpin()``, ``adopt()``, ``promote()``.
+
+    >>> c = cache(); [e.model for e in c.ls()]      # doctest: +SKIP
+    """
+    from .cache.ops import Manager
+
+    return Manager.open(settings or Settings.from_env())
 
 
 def path(what: str = "home", *, settings: Settings | None = None) -> Path:

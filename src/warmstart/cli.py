@@ -79,8 +79,12 @@ def main(verbose: int) -> None:
 @click.option("--symlink", "link", flag_value="symlink", default=True, help="With --to: symlinks (default).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the path.")
 @click.option("-q", "--quiet", is_flag=True, default=None, help="No progress bar.")
+@click.option("--max-size", metavar="SIZE", help="Cache budget for this pull (e.g. 200G); overrides WARMSTART_MAX_SIZE.")
+@click.option("--tier", type=click.Choice(["disk", "memory"]), default=None,
+              help="memory: also keep the model in the RAM tier (WARMSTART_MEMORY_DIR) and print that path.")
+@click.option("--in-place", is_flag=True, help="Local paths: index the files where they are, no copy.")
 @handle_errors
-def pull(ref, revision, include, exclude, to, link, as_json, quiet) -> None:
+def pull(ref, revision, include, exclude, to, link, as_json, quiet, max_size, tier, in_place) -> None:
     """Pull REF into the cache; prints the local snapshot directory as the last line.
 
     REF: hf://ORG/NAME[@REV] or ORG/NAME (Hugging Face Hub).
@@ -88,11 +92,34 @@ def pull(ref, revision, include, exclude, to, link, as_json, quiet) -> None:
     from . import api
 
     snap = api.pull(ref, revision=revision, include=include or None, exclude=exclude or None,
-                    to=to, link=link or "symlink", quiet=quiet)
+                    to=to, link=link or "symlink", quiet=quiet, settings=_settings(max_size), tier=tier,
+                    in_place=in_place)
     if as_json:
         emit_json(snap.to_json())
     else:
         click.echo(str(snap.path))
+
+
+@main.command("push-oci")
+@click.argument("ref")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the pushed reference.")
+@click.option("-q", "--quiet", is_flag=True, default=None, help="No progress bar.")
+@handle_errors
+def push_oci(ref, target, as_json, quiet) -> None:
+    """Mirror REF (pulled first if not cached) to TARGET, oci://REGISTRY/REPOSITORY[:TAG], as a CNCF
+    ModelPack artifact; prints oci://REGISTRY/REPOSITORY@sha256:DIGEST."""
+    from . import api
+    from .config import Settings
+    from .oci_push import push_snapshot
+
+    settings = Settings.from_env()
+    result = push_snapshot(api.pull(ref, quiet=quiet, settings=settings), target, settings)
+    if as_json:
+        emit_json({"target": result.target, "digest": result.digest, "bytes_uploaded": result.uploaded,
+                   "bytes_skipped": result.skipped})
+    else:
+        click.echo(result.target)
 
 
 @main.command("path")
@@ -103,6 +130,187 @@ def path_cmd(what: str) -> None:
     from . import api
 
     click.echo(str(api.path(what)))
+
+
+# ------------------------------------------------------------------------------ cache management
+
+
+def _settings(max_size: str | None = None):
+    import dataclasses
+
+    from .config import Settings, parse_size
+
+    s = Settings.from_env()
+    return dataclasses.replace(s, max_size=parse_size(max_size)) if max_size else s
+
+
+def _manager(max_size: str | None = None):
+    from .cache.ops import Manager
+
+    return Manager.open(_settings(max_size))
+
+
+def _size(n: int | None) -> str:
+    from .cache.evict import human
+
+    return human(n)
+
+
+def _when(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+@main.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+@handle_errors
+def ls_cmd(as_json: bool) -> None:
+    """List cached models: revision, size, bytes shared with other snapshots, last used, pinned, tier."""
+    entries = _manager().ls()
+    if as_json:
+        emit_json([e.to_json() for e in entries])
+        return
+    rows = [("MODEL", "REVISION", "REFS", "SIZE", "SHARED", "LAST USED", "PIN", "TIER")]
+    for e in entries:
+        rows.append((e.model, e.revision[:12], ",".join(e.refs) or "-", _size(e.size), _size(e.shared),
+                     _when(e.last_used), "pinned" if e.pinned else "-",
+                     e.tier + (f" (in use: {','.join(map(str, e.in_use_by))})" if e.in_use_by else "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    click.echo("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows))
+
+
+@main.command("du")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@handle_errors
+def du_cmd(as_json: bool) -> None:
+    """Bytes used by the cache (and its RAM tier), and the budget."""
+    d = _manager().du()
+    if as_json:
+        emit_json(d)
+        return
+    click.echo(f"{_size(d['blob_bytes'])} in {d['blobs']} blobs, {d['snapshots']} snapshots, "
+               f"{_size(d['tmp_bytes'])} partial; budget {_size(d['budget'])}  ({d['home']})")
+    if "memory_dir" in d:
+        click.echo(f"RAM tier: {_size(d['memory_bytes'])} of {_size(d['memory_budget'])}  ({d['memory_dir']})")
+
+
+def _plan_out(plan, as_json: bool, executed) -> None:
+    if as_json:
+        out = plan.to_json()
+        if executed is not None:
+            out["result"] = executed.to_json()
+        emit_json(out)
+        return
+    click.echo(plan.describe())
+    if executed is not None:
+        click.echo(f"removed {executed.snapshots} snapshot(s) and {executed.blobs} blob(s), "
+                   f"freed {_size(executed.freed)}")
+
+
+@main.command("rm")
+@click.argument("ref")
+@click.option("--revision", help="Only this revision (default: every cached revision of REF).")
+@click.option("--dry-run", is_flag=True, help="Print what would be removed.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def rm_cmd(ref: str, revision: str | None, dry_run: bool, as_json: bool) -> None:
+    """Remove a cached model; refuses (naming the process) while one holds it."""
+    from .cache import evict
+
+    m = _manager()
+    plan = evict.plan_remove(m, m.find(ref, revision))
+    _plan_out(plan, as_json, None if dry_run else plan.execute())
+
+
+@main.command("gc")
+@click.option("--max-size", metavar="SIZE", help="Also evict LRU snapshots until the cache fits (e.g. 50G).")
+@click.option("--dry-run", is_flag=True, help="Print the plan only.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def gc_cmd(max_size: str | None, dry_run: bool, as_json: bool) -> None:
+    """Remove orphan blobs, stale partial downloads and stale leases; prints its plan, then carries it out."""
+    m = _manager()
+    plan = m.plan_gc(max_size)
+    result = None
+    if not dry_run:
+        result = plan.execute()
+        if m.memory is not None:
+            m.memory.gc(m)
+    _plan_out(plan, as_json, result)
+
+
+@main.command("verify")
+@click.argument("ref", required=False)
+@click.option("--revision")
+@click.option("--repair", is_flag=True, help="Fetch corrupt or missing blobs again.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def verify_cmd(ref: str | None, revision: str | None, repair: bool, as_json: bool) -> None:
+    """Re-hash cached blobs; corrupt ones are quarantined (and fetched again with --repair)."""
+    r = _manager().verify(ref, revision, repair=repair)
+    if as_json:
+        emit_json(r.to_json())
+    else:
+        rate = r.bytes / r.seconds / 1e6 if r.seconds else 0.0
+        click.echo(f"verified {r.checked} blobs, {_size(r.bytes)} in {r.seconds:.2f}s ({rate:.0f} MB/s)")
+        for d in r.corrupt:
+            click.echo(f"corrupt: {d} (quarantined)")
+        for d in r.missing:
+            click.echo(f"missing: {d}")
+        for s in r.repaired:
+            click.echo(f"repaired: {s}")
+    if not r.ok:
+        _fail(f"{len(r.corrupt)} corrupt and {len(r.missing)} missing blob(s); run `warmstart verify --repair`")
+
+
+def _pin(ref: str, revision: str | None, pinned: bool, as_json: bool) -> None:
+    m = _manager()
+    rows = m.pin(ref, revision, pinned=pinned)
+    if as_json:
+        emit_json([{"model": r.source, "revision": r.revision, "pinned": pinned} for r in rows])
+    else:
+        for r in rows:
+            click.echo(f"{'pinned' if pinned else 'unpinned'} {r.source}@{r.revision}")
+
+
+@main.command("pin")
+@click.argument("ref")
+@click.option("--revision")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def pin_cmd(ref: str, revision: str | None, as_json: bool) -> None:
+    """Never evict REF (its default revision, or the one given)."""
+    _pin(ref, revision, True, as_json)
+
+
+@main.command("unpin")
+@click.argument("ref")
+@click.option("--revision")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def unpin_cmd(ref: str, revision: str | None, as_json: bool) -> None:
+    """Let REF be evicted again."""
+    _pin(ref, revision, False, as_json)
+
+
+@main.command("adopt")
+@click.argument("hf_cache_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--dry-run", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def adopt_cmd(hf_cache_dir: str | None, dry_run: bool, as_json: bool) -> None:
+    """Manage models huggingface_hub already downloaded, without copying (hardlinks)."""
+    r = _manager().adopt(hf_cache_dir, dry_run=dry_run)
+    if as_json:
+        emit_json(r.to_json())
+        return
+    for a in r.adopted:
+        click.echo(f"{'would adopt' if dry_run else 'adopted'} {a}")
+    for s in r.skipped:
+        click.echo(f"skipped {s}")
+    click.echo(f"linked {_size(r.linked_bytes)}, copied {_size(r.copied_bytes)}"
+               + (f"; {_size(r.would_copy)} is on another filesystem and would be copied" if r.would_copy else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -63,6 +63,8 @@ class Settings:
     min_connections: int = 8
     chunk_size: int = 16 * 2**20
     compile_cache: str | None = None
+    insecure_registries: tuple[str, ...] = ()  # OCI registries reached over plain HTTP (loopback always is)
+    registry_auth_file: Path | None = None  # docker-style config.json with "auths" for OCI registries
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -85,7 +87,18 @@ class Settings:
             min_connections=_int(env, "WARMSTART_MIN_CONNECTIONS", 8, 1, 512),
             chunk_size=parse_size(env.get("WARMSTART_CHUNK_SIZE")) or 16 * 2**20,
             compile_cache=env.get("WARMSTART_COMPILE_CACHE") or None,
+            insecure_registries=tuple(h.strip() for h in env.get("WARMSTART_INSECURE_REGISTRIES", "").split(",")
+                                      if h.strip()),
+            registry_auth_file=_auth_file(env),
         )
+
+
+def _auth_file(env: Mapping[str, str]) -> Path | None:
+    """``REGISTRY_AUTH_FILE`` (as podman), else ``$DOCKER_CONFIG/config.json``, else ~/.docker/config.json."""
+    if env.get("REGISTRY_AUTH_FILE"):
+        return Path(env["REGISTRY_AUTH_FILE"]).expanduser()
+    base = env.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    return Path(base) / "config.json"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:

@@ -34,6 +34,7 @@ class PullOptions:
     to: Path | None = None
     link: str = "symlink"
     progress: object | None = None
+    in_place: bool = False  # local sources: index the files where they are instead of importing them
 
 
 def _selected(path: str, opts: PullOptions) -> bool:
@@ -110,10 +111,11 @@ def pull(ref: Ref, settings: Settings, opts: PullOptions, *, cache: Cache | None
         if snap is None:
             raise OfflineError(f"{exc}, and {ref} is not in the cache; check the network or HF_ENDPOINT") from None
         return snap
-    return _download(cache, ref, listing, settings, opts, t0)
+    return _download(cache, ref, listing, settings, opts, t0, source)
 
 
-def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOptions, t0: float) -> Snapshot:
+def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOptions, t0: float,
+              source=None) -> Snapshot:
     from .transfer import FileJob, Transfer
 
     key = _key(ref)
@@ -124,7 +126,12 @@ def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOpt
     entries: dict[str, FileEntry] = {}
     jobs: list[FileJob] = []
     by_key: dict[str, list] = {}
-    for f in chosen:
+    # A source may put the files into the cache itself (local paths, OCI tar layers): (entries, bytes).
+    made = source.materialize(listing, chosen, cache, settings, opts) if source is not None else None
+    if made is None and settings.shared_dir is not None:  # the shared tier before the origin (cache/tiers.py)
+        from .cache.tiers import shared_fetch_many
+        shared_fetch_many(cache, settings.shared_dir, chosen)
+    for f in chosen if made is None else ():
         digest = f.sha256 or cache.digest_for_key(f.key)
         if digest and cache.store.has(digest, f.size):
             entries[f.path] = FileEntry(f.path, digest, cache.store.path(digest).stat().st_size, f.etag)
@@ -133,7 +140,9 @@ def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOpt
             by_key[f.key].append(f)
             continue
         by_key[f.key] = [f]
-        jobs.append(FileJob(f.path, f.url, f.key, f.size, f.sha256, dict(f.headers), f.ranges))
+        jobs.append(FileJob(f.path, f.url, f.key, f.size, f.sha256, dict(f.headers), f.ranges, f.probe))
+    from .cache.leases import acquire as _lease  # a gc running meanwhile keeps the blobs this pull reuses
+    pull_lease = _lease(cache.layout, [e.digest for e in entries.values()], snapshots=[str(ref)])
 
     downloaded = 0
     if jobs:
@@ -144,6 +153,10 @@ def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOpt
             digest = result.digest or (result.job.sha256 or "")
             if result.path is not None:
                 cache.store.publish(result.path, digest)
+                if settings.shared_dir is not None:  # publish to the shared tier (cache/tiers.py)
+                    from .cache.tiers import shared_publish, shared_publish_key
+                    if shared_publish(settings.shared_dir, cache.store.path(digest), digest) and not result.job.sha256:
+                        shared_publish_key(settings.shared_dir, result.job.key, digest)
                 cache.index.add_blob(digest, result.size)
                 if not result.job.sha256:
                     cache.index.set_key(result.job.key, digest, result.size)
@@ -168,6 +181,8 @@ def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOpt
         log.info("%s: %d files, %.1f MB in %.2fs over up to %d connections", ref, stats.files,
                  downloaded / 1e6, stats.seconds, stats.connections)
 
+    if made is not None:
+        entries, downloaded = {e.path: e for e in made[0]}, made[1]
     # Record the union of what this revision has in the cache (include/exclude pull parts of it).
     row = cache.snapshot(key, listing.revision)
     known = {f.path: f for f in cache.index.snapshot_files(row.id)} if row else {}
@@ -178,7 +193,8 @@ def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOpt
         name = ref.revision or DEFAULT_REVISION.get(ref.scheme, "latest")
         cache.index.set_ref(key, name, listing.revision)
         refs[name] = listing.revision
-    files = [entries[f.path] for f in chosen]
+    pull_lease.release()
+    files = list(entries.values()) if made is not None else [entries[f.path] for f in chosen]
     return _finish(cache, ref, listing.revision, files, opts, t0, downloaded, refs)
 
 

@@ -62,7 +62,7 @@ class Ref:
     def pinned(self) -> bool:
         """True when the revision names an immutable commit (no metadata request needed)."""
         return bool(self.revision) and (
-            (self.scheme == "hf" and bool(_COMMIT.fullmatch(self.revision or "")))
+            (self.scheme in ("hf", "s3") and bool(_COMMIT.fullmatch(self.revision or "")))
             or (self.scheme == "oci" and (self.revision or "").startswith("sha256:"))
         )
 

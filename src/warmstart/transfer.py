@@ -70,6 +70,7 @@ class FileJob:
     sha256: str | None = None
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     ranges: bool = True
+    probe: bool = True  # False: size and Range support are known, skip the HEAD (presigned S3 GET URLs)
 
 
 @dataclasses.dataclass
@@ -159,7 +160,9 @@ class _File:
         self.finished = False
 
     def contiguous(self) -> int:
-        return self.done[0][1] if self.done and self.done[0][0] == 0 else 0
+        """End of the written prefix [0, n), counting the progress of chunks still in flight."""
+        spans = _merge(self.done + [[s, p] for s, p, _ in self.inflight if p > s])
+        return spans[0][1] if spans and spans[0][0] == 0 else 0
 
     def state(self) -> dict:
         spans = self.done + [[s, p] for s, p, _ in self.inflight if p > s]
@@ -204,6 +207,8 @@ class Transfer:
         self._stop = False
         self._stop_evt = threading.Event()
         self._clients: list[_http.Client] = []
+        self._active: set[_http.Client] = set()
+        self._target = 0
         self._workers: list[threading.Thread] = []
         self._net_bytes = 0
         self._hash_pool: ThreadPoolExecutor | None = None
@@ -291,6 +296,7 @@ class Transfer:
         job = f.job
         if job.size is not None and job.size > 0 and job.ranges and job.size > STREAM_BELOW:
             self._load_partial(f)
+            f.resolved = not job.probe
         else:
             f.stream = True
             f.resolved = True
@@ -325,11 +331,13 @@ class Transfer:
 
     # -- supervision and adaptive connections ----------------------------------------------
     def _supervise(self) -> None:
+        """Wait for the files while growing the pool: +50 % connections per step while the
+        aggregate rate still grows by >= 10 %; a step that did not help is taken back."""
         self._spawn(self.min_connections)
-        window, settle = 0.2, 0.1
+        window, settle = 0.2, 0.15
         last_change = time.monotonic()
         mark_t, mark_b = last_change, 0
-        prev_rate: float | None = None
+        prev: tuple[int, float] | None = None  # (connections, rate) before the last step
         growing = True
         last_save = last_change
         with self._cv:
@@ -350,25 +358,31 @@ class Transfer:
                     continue
                 rate = (self._net_bytes - mark_b) / (now - mark_t)
                 mark_t, mark_b = now, self._net_bytes
-                if prev_rate is not None and rate < prev_rate * 1.15:
+                if prev is not None and rate < prev[1] * 1.10:
                     growing = False
-                    log.debug("link full at %d connections (%.1f MB/s)", len(self._workers), rate / 1e6)
+                    self._target = prev[0]
+                    self._cv.notify_all()
+                    log.debug("link full at %d connections (%.1f MB/s)", prev[0], prev[1] / 1e6)
                     continue
-                room = self.max_connections - len(self._workers)
-                if room <= 0 or self._unassigned() < MIN_CHUNK * len(self._workers):
-                    if room <= 0:
-                        growing = False
+                room = self.max_connections - self._target
+                if room <= 0:
+                    growing = False
                     continue
-                prev_rate = rate
-                self._spawn(min(room, len(self._workers)))
+                if self._unassigned() < MIN_CHUNK * self._target:
+                    continue
+                prev = (self._target, rate)
+                self._spawn(min(room, max(2, self._target // 2)))
                 last_change = now
 
     def _spawn(self, n: int) -> None:
+        log.debug("connections: %d -> %d after %.1f MB", self._target, self._target + n, self._net_bytes / 1e6)
+        with self._cv:
+            self._target += n  # before the threads start, or they would retire at once
         for _ in range(n):
             w = threading.Thread(target=self._worker, name=f"warmstart-io-{len(self._workers)}", daemon=True)
             self._workers.append(w)
             w.start()
-        self.stats.connections = max(self.stats.connections, len(self._workers))
+        self.stats.connections = max(self.stats.connections, self._target)
 
     def _all_finished(self) -> bool:
         return self._waiting == 0 and all(f.finished for f in self._files)
@@ -393,21 +407,25 @@ class Transfer:
             c.abort()
 
     # -- scheduling ------------------------------------------------------------------------
-    def _next_task(self) -> tuple | None:
+    def _next_task(self, client: _http.Client | None = None) -> tuple | None:
         with self._cv:
             while True:
                 if self._stop or self._error is not None:
                     return None
-                for f in self._files:
-                    if f.finished:
+                if len(self._active) > self._target and client is not None:
+                    self._active.discard(client)  # the last growth step did not help: retire
+                    return None
+                for f in self._files:  # small files and redirects first: they cost a round trip each
+                    if f.finished or f.resolving:
                         continue
-                    if f.stream and not f.resolving:
+                    if f.stream:
                         f.resolving = True
                         return ("stream", f)
-                    if not f.resolved and not f.resolving:
+                    if not f.resolved:
                         f.resolving = True
                         return ("resolve", f)
-                    if f.resolved and not f.stream and f.pending:
+                for f in self._files:
+                    if f.resolved and not f.stream and f.pending and not f.finished:
                         return self._carve(f)
                 stolen = self._steal()
                 if stolen:
@@ -452,9 +470,10 @@ class Transfer:
         client = _http.Client(timeout=self.timeout)
         with self._cv:
             self._clients.append(client)
+            self._active.add(client)
         buf = memoryview(bytearray(BUFFER))
         try:
-            while (task := self._next_task()) is not None:
+            while (task := self._next_task(client)) is not None:
                 kind, f = task[0], task[1]
                 try:
                     if kind == "resolve":
@@ -494,6 +513,9 @@ class Transfer:
     def _status_error(self, f: _File, exc: _http.HTTPStatusError) -> Exception:
         if exc.status == 404:
             return NotFoundError(f"{f.job.name}: not found at the origin (HTTP 404); check the name and revision")
+        if exc.status == 412:
+            return IntegrityError(f"{f.job.name}: the object changed at the origin after it was listed "
+                                  "(HTTP 412, ETag mismatch); nothing was published, pull again")
         if exc.status in (401, 403):
             return TransferError(f"{f.job.name}: access denied (HTTP {exc.status}); check your credentials")
         return TransferError(f"{f.job.name}: {exc}; pull again later to resume")
@@ -558,8 +580,16 @@ class Transfer:
                 if not n:
                     raise _TruncatedError(f"body ended at byte {pos}, expected {end}")
                 os.pwrite(f.fd, buf[:n], pos)
+                with self._cv:  # at the hash frontier: hash from memory, no read-back later
+                    live = f.hashed == pos and not f.hash_busy and not f.finished
+                    if live:
+                        f.hash_busy = True
+                if live:
+                    f.hasher.update(buf[:n])
                 pos += n
                 with self._cv:
+                    if live:
+                        f.hashed, f.hash_busy = pos, False
                     span[1] = pos
                     f.downloaded += n
                     self._net_bytes += n
@@ -686,6 +716,7 @@ class Transfer:
             self.stats.downloaded += f.downloaded
             f.finished, f.hash_busy = True, False
             self._cv.notify_all()
+        log.debug("%s: verified and published (%.1f MB received in all)", f.job.name, self._net_bytes / 1e6)
 
     def _discard(self, f: _File) -> None:
         if f.fd >= 0:

@@ -36,6 +36,9 @@ class RemoteFile:
     etag: str | None = None
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     ranges: bool = True
+    #: False when ``size`` and Range support are known, so the engine skips its HEAD (a presigned S3
+    #: URL is signed for GET only)
+    probe: bool = True
 
     @property
     def key(self) -> str:
@@ -82,6 +85,13 @@ class Source(abc.ABC):
     def resolve(self, ref: Ref) -> Listing:
         """List the files of ``ref`` at its (resolved) revision. Raises NotFoundError,
         GatedRepoError, OriginUnreachable."""
+
+    def materialize(self, listing: Listing, files: list[RemoteFile], cache, settings: Settings,
+                    opts) -> tuple[list, int] | None:
+        """Put ``files`` into ``cache`` without the transfer engine and return ``(file entries, bytes
+        read)``, or ``None`` (the default) to let the engine fetch them by URL. Local paths and OCI
+        tar layers use this."""
+        return None
 
     def key(self, ref: Ref) -> str:
         """The cache's name of the model, without revision: e.g. ``hf://org/name``."""

@@ -19,6 +19,11 @@ from .base import Source
 #: scheme -> (module, class, extra that provides its dependencies or None)
 BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "hf": ("warmstart.sources.hf", "HubSource", None),
+    "s3": ("warmstart.sources.s3", "S3Source", "s3"),
+    "oci": ("warmstart.sources.oci", "OciSource", None),
+    "http": ("warmstart.sources.http", "HttpSource", None),
+    "https": ("warmstart.sources.http", "HttpSource", None),
+    "file": ("warmstart.sources.local", "LocalSource", None),
 }
 
 

@@ -1,0 +1,179 @@
+"""S3-compatible object stores: ``s3://BUCKET/PREFIX[@REVISION]``.
+
+The objects under ``PREFIX/`` form a model (or ``PREFIX`` names one object). ``boto3`` lists them and
+presigns one GET URL per object (a purely local computation); the bytes then move through the
+shared transfer engine with parallel ranged GETs, hashed with sha256 as they arrive. Each GET carries
+``If-Match: <listed ETag>`` (and the listed version id when the bucket is versioned), so an object
+that changes between listing and download fails with HTTP 412 instead of mixing two versions.
+
+The revision is a digest of the listing (keys, sizes, ETags, version ids): ``s3://b/p@<revision>``
+is immutable and served from the cache without any request once pulled.
+
+Credentials, region and endpoint come from the standard AWS environment and config files
+(``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, ``AWS_REGION``, ``AWS_ENDPOINT_URL`` for MinIO or Ceph RGW).
+
+>>> listing_digest([("w/a.bin", 3, '"e1"', None)])[:12]
+'05309cb6e9be'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Iterable
+
+import boto3  # the registry imports this module lazily and turns an ImportError into an install hint
+from botocore.config import Config
+
+from ..errors import GatedRepoError, NotFoundError, TransferError
+from ..refs import Ref
+from .base import Listing, OriginUnreachable, RemoteFile, Source
+
+log = logging.getLogger(__name__)
+
+#: presigned URLs stay valid this long (a resumed pull resolves again and gets fresh ones)
+URL_TTL = 12 * 3600
+_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+               "InvalidToken", "AuthorizationHeaderMalformed", "403", "401"}
+
+
+@dataclasses.dataclass(frozen=True)
+class S3File(RemoteFile):
+    """A RemoteFile whose partial/lock name does not depend on the (ever-changing) presigned URL."""
+
+    object_id: str = ""
+
+    @property
+    def key(self) -> str:
+        if self.sha256:
+            return self.sha256
+        text = f"{self.object_id}\0{self.etag}\0{self.size}"
+        return "s3-" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def listing_digest(objects: Iterable[tuple[str, int, str | None, str | None]]) -> str:
+    """The revision of a prefix: sha256 over sorted (key, size, ETag, version id), 40 hex digits."""
+    h = hashlib.sha256()
+    for key, size, etag, version in sorted(objects, key=lambda o: o[0]):
+        h.update(f"{key}\0{size}\0{etag or ''}\0{version or ''}\n".encode())
+    return h.hexdigest()[:40]
+
+
+class S3Source(Source):
+    """Objects under a prefix of an S3-compatible bucket (needs ``pip install 'warmstart[s3]'``)."""
+
+    schemes = ("s3",)
+    default_revision = "latest"
+
+    def __init__(self, settings, *, client=None) -> None:
+        super().__init__(settings)
+        self._client_obj = client
+
+    @property
+    def client(self):
+        if self._client_obj is None:
+            cfg = Config(retries={"max_attempts": 6, "mode": "standard"}, connect_timeout=10, read_timeout=60,
+                         signature_version="s3v4")
+            self._client_obj = boto3.session.Session().client("s3", config=cfg)
+        return self._client_obj
+
+    def resolve(self, ref: Ref) -> Listing:
+        bucket, _, prefix = ref.location.partition("/")
+        objects = self._list(ref, bucket, prefix)
+        revision = listing_digest((o["Key"], o["Size"], o.get("ETag"), o.get("VersionId")) for o in objects)
+        if ref.revision and ref.revision != revision:
+            raise NotFoundError(f"{ref}: the objects under this prefix changed since revision {ref.revision} "
+                                f"(now {revision}); pull {ref.with_revision(None)} for the current one")
+        files = []
+        base = prefix + "/" if prefix and not (len(objects) == 1 and objects[0]["Key"] == prefix) else ""
+        for o in objects:
+            key = o["Key"]
+            rel = key[len(base):] if base else key.rsplit("/", 1)[-1]
+            params = {"Bucket": bucket, "Key": key}
+            version = o.get("VersionId")
+            if version and version != "null":
+                params["VersionId"] = version
+            url = self._presign(ref, params)
+            etag = o.get("ETag")
+            files.append(S3File(
+                path=rel, size=int(o["Size"]), url=url, etag=etag,
+                headers={"If-Match": etag} if etag else {}, probe=False,
+                object_id=f"s3://{bucket}/{key}?versionId={version or ''}",
+            ))
+        return Listing(ref.with_revision(revision), revision, tuple(files))
+
+    # -- S3 calls ------------------------------------------------------------------------------------
+    def _list(self, ref: Ref, bucket: str, prefix: str) -> list[dict]:
+        """Every live object under ``prefix/`` (with version ids when the store gives them)."""
+        folder = prefix + "/" if prefix else ""
+        try:
+            objects = self._list_versions(bucket, folder)
+        except _Fallback:
+            objects = self._call(ref, lambda: self._list_v2(bucket, folder))
+        objects = [o for o in objects if not o["Key"].endswith("/")]  # "directory" markers
+        if not objects and prefix:  # PREFIX may name a single object
+            try:
+                head = self._call(ref, lambda: self.client.head_object(Bucket=bucket, Key=prefix))
+            except NotFoundError:
+                head = None
+            if head is not None:
+                objects = [{"Key": prefix, "Size": head["ContentLength"], "ETag": head.get("ETag"),
+                            "VersionId": head.get("VersionId")}]
+        if not objects:
+            raise NotFoundError(f"{ref}: no objects under s3://{bucket}/{folder}; check the bucket and prefix")
+        return objects
+
+    def _list_versions(self, bucket: str, folder: str) -> list[dict]:
+        out = []
+        try:
+            for page in self.client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=folder):
+                out.extend(v for v in page.get("Versions", ()) if v.get("IsLatest"))
+        except Exception:  # noqa: BLE001 - no ListBucketVersions permission, not implemented, no bucket,
+            raise _Fallback() from None  # no credentials: list_objects_v2 then reports what is wrong
+        return out
+
+    def _list_v2(self, bucket: str, folder: str) -> list[dict]:
+        out: list[dict] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder):
+            out.extend(page.get("Contents", ()))
+        return out
+
+    def _presign(self, ref: Ref, params: dict) -> str:
+        return self._call(ref, lambda: self.client.generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=URL_TTL))
+
+    def _call(self, ref: Ref, fn):
+        """Run one boto3 call, turning its errors into warmstart's one-line errors."""
+        from botocore import exceptions as bx
+
+        try:
+            return fn()
+        except (bx.NoCredentialsError, bx.PartialCredentialsError):
+            raise GatedRepoError(f"{ref}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
+                                 "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from None
+        except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError) as exc:
+            raise OriginUnreachable(f"the S3 endpoint is unreachable ({type(exc).__name__}); check "
+                                    "AWS_ENDPOINT_URL and the network") from None
+        except bx.ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("NoSuchBucket",):
+                raise NotFoundError(f"{ref}: bucket {ref.location.split('/')[0]!r} does not exist; "
+                                    "check the name and AWS_ENDPOINT_URL") from None
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                raise NotFoundError(f"{ref}: not found; check the bucket and prefix") from None
+            if code in _AUTH_CODES or status in (401, 403):
+                raise GatedRepoError(f"{ref}: access denied ({code or status}); check the AWS credentials "
+                                     "and the bucket policy") from None
+            if code in ("SlowDown", "Throttling", "503") or (status or 0) >= 500:
+                raise TransferError(f"{ref}: the store kept throttling or failing ({code or status}) after "
+                                    "retries; try again later") from None
+            raise TransferError(f"{ref}: S3 error {code or status}: {err.get('Message', '')}") from None
+        except bx.BotoCoreError as exc:
+            raise TransferError(f"{ref}: {exc}") from None
+
+
+class _Fallback(Exception):
+    """list_object_versions is not available: list without version ids."""
