@@ -19,6 +19,7 @@ from .errors import (
     InvalidCheckpointError,
     NotFoundError,
     OfflineError,
+    RecipeError,
     RefError,
     TransferError,
     UnsafePathError,
@@ -27,7 +28,8 @@ from .errors import (
 
 __version__ = "0.1.0"
 
-_API = ("pull", "load", "open", "load_into", "cache", "Snapshot", "SnapshotFile", "path")
+_API = ("pull", "load", "open", "load_into", "cache", "Snapshot", "SnapshotFile", "path",
+        "convert", "save_tree", "load_tree", "compile_cache")
 
 
 def __getattr__(name: str):  # PEP 562: keep `import warmstart` light
@@ -41,6 +43,6 @@ def __getattr__(name: str):  # PEP 562: keep `import warmstart` light
 __all__ = [
     *_API,
     "CacheFullError", "ConfigError", "GatedRepoError", "InUseError", "IntegrityError",
-    "InvalidCheckpointError", "NotFoundError", "OfflineError", "RefError", "TransferError",
+    "InvalidCheckpointError", "NotFoundError", "OfflineError", "RecipeError", "RefError", "TransferError",
     "UnsafePathError", "WarmstartError", "__version__",
 ]

@@ -23,7 +23,8 @@ from .config import Settings
 from .errors import ConfigError, NotFoundError
 from .snapshot import Snapshot, SnapshotFile
 
-__all__ = ["pull", "load", "open", "load_into", "cache", "path", "Snapshot", "SnapshotFile"]
+__all__ = ["pull", "load", "open", "load_into", "cache", "path", "Snapshot", "SnapshotFile", "convert",
+           "save_tree", "load_tree", "compile_cache"]
 
 #: what ``load(ref)`` pulls when the model is not cached yet (weights, their index, small configs)
 LOAD_INCLUDE = ("*.safetensors", "*.safetensors.index.json", "*.json")
@@ -134,6 +135,9 @@ def load(
     staging_bytes: int | None = None,
     settings: Settings | None = None,
     tier: str | None = None,
+    recipe: Any = None,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> dict[str, Any]:
     """Load every tensor of a file, a model directory or a ref (pulled first if needed).
 
@@ -142,11 +146,22 @@ def load(
     through a bounded pool of pinned buffers. ``populate`` makes every page resident up front.
     ``tier="memory"`` keeps the model's blobs in the RAM tier (``WARMSTART_MEMORY_DIR``) and reads them there.
 
+    ``recipe`` (a YAML/JSON path, dict or :class:`~warmstart.conversion.Recipe`) converts the model on the
+    first call and loads the stored result on every later one; for a tensor-parallel split, ``rank`` and
+    ``world_size`` select (and read) only that rank's files.
+
     >>> tensors = load("hf://sentence-transformers/all-MiniLM-L6-v2")     # doctest: +SKIP
+    >>> part = load("hf://org/name", recipe="tp2.yaml", rank=1, world_size=2)   # doctest: +SKIP
     """
     from .load import load_paths
 
-    paths = _weight_paths(path_or_ref, settings, tier)
+    if recipe is not None:
+        converted = convert(path_or_ref, recipe, world_size=world_size, settings=settings)
+        paths = converted.weight_paths(rank if converted.world_size > 1 else None)
+    elif rank is not None or world_size is not None:
+        raise builtins.ValueError("rank= and world_size= need a recipe= that splits the model")
+    else:
+        paths = _weight_paths(path_or_ref, settings, tier)
     return load_paths(paths, device=device, dtype=dtype, framework=framework, populate=populate,
                       staging_bytes=staging_bytes)
 
@@ -193,3 +208,51 @@ def path(what: str = "home", *, settings: Settings | None = None) -> Path:
     if what not in paths:
         raise builtins.ValueError(f"unknown path {what!r}: use one of {', '.join(paths)}")
     return paths[what]
+
+
+def convert(path_or_ref: str | os.PathLike, recipe: Any, *, world_size: int | None = None,
+            shard_size: int | str | None = None, settings: Settings | None = None, force: bool = False):
+    """Convert a model by ``recipe`` once and store the result in the cache as a derived snapshot
+    (keyed by the source's content digests, the recipe's digest and the format version); later calls
+    return the stored one. Returns a :class:`~warmstart.conversion.Converted` (``.path``, ``.files``).
+
+    >>> c = convert("hf://org/name", {"steps": [{"cast": {"dtype": "float8_e4m3fn"}}]})   # doctest: +SKIP
+    >>> c.path, c.converted                                                            # doctest: +SKIP
+    """
+    from .conversion import convert as _convert
+
+    return _convert(path_or_ref, recipe, world_size=world_size, shard_size=shard_size, settings=settings,
+                    force=force)
+
+
+def save_tree(tree: Any, path: str | os.PathLike, *, metadata: dict[str, str] | None = None) -> Path:
+    """Save a nested tree (dicts, lists, tuples of tensors/arrays) to one safetensors file.
+
+    >>> save_tree({"params": {"Dense_0": {"kernel": w}}}, "params.safetensors")    # doctest: +SKIP
+    """
+    from .conversion.tree import save_tree as _save
+
+    return _save(tree, path, metadata=metadata)
+
+
+def load_tree(path: str | os.PathLike, *, framework: str = "pt") -> Any:
+    """Load a file written by :func:`save_tree` back into exactly the same structure.
+
+    >>> tree = load_tree("params.safetensors", framework="numpy")                  # doctest: +SKIP
+    """
+    from .conversion.tree import load_tree as _load
+
+    return _load(path, framework=framework)
+
+
+def compile_cache(key: str, *, url: str | None = None, settings: Settings | None = None):
+    """Persisted ``torch.compile`` artifacts: ``with compile_cache(key): model = torch.compile(m); model(x)``.
+
+    Stored in the cache home, or in Redis with ``WARMSTART_COMPILE_CACHE=redis://HOST:PORT``.
+
+    >>> with compile_cache("llama-decode"):                                         # doctest: +SKIP
+    ...     out = torch.compile(model)(x)
+    """
+    from .conversion.compile_cache import compile_cache as _cc
+
+    return _cc(key, url=url, settings=settings)

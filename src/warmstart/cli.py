@@ -87,7 +87,8 @@ def main(verbose: int) -> None:
 def pull(ref, revision, include, exclude, to, link, as_json, quiet, max_size, tier, in_place) -> None:
     """Pull REF into the cache; prints the local snapshot directory as the last line.
 
-    REF: hf://ORG/NAME[@REV] or ORG/NAME (Hugging Face Hub).
+    REF: hf://ORG/NAME[@REV] or ORG/NAME (Hugging Face Hub), s3://BUCKET/PREFIX[@REV],
+    oci://REGISTRY/REPO[:TAG|@DIGEST], https://HOST/PATH, file:///PATH or a local path.
     """
     from . import api
 
@@ -311,6 +312,32 @@ def adopt_cmd(hf_cache_dir: str | None, dry_run: bool, as_json: bool) -> None:
         click.echo(f"skipped {s}")
     click.echo(f"linked {_size(r.linked_bytes)}, copied {_size(r.copied_bytes)}"
                + (f"; {_size(r.would_copy)} is on another filesystem and would be copied" if r.would_copy else ""))
+
+
+# ------------------------------------------------------------------------------ conversion
+
+
+@main.command("convert")
+@click.argument("src")
+@click.option("--recipe", "recipe", required=True, type=click.Path(dir_okay=False),
+              help="Recipe file (YAML or JSON): rename, cast, transpose, reshape, fuse, drop, split, call.")
+@click.option("--world-size", type=click.IntRange(min=1), help="Tensor-parallel ranks (if the recipe splits).")
+@click.option("--shard-size", metavar="SIZE", help="Largest output file, e.g. 2GB (overrides the recipe).")
+@click.option("--force", is_flag=True, help="Convert again even if a stored result exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the path.")
+@handle_errors
+def convert_cmd(src: str, recipe: str, world_size: int | None, shard_size: str | None, force: bool,
+                as_json: bool) -> None:
+    """Convert SRC (a ref or a directory) by a recipe once; print the stored result's directory."""
+    from .api import convert
+
+    c = convert(src, recipe, world_size=world_size, shard_size=shard_size, settings=_settings(), force=force)
+    if as_json:
+        emit_json(c.to_json())
+        return
+    click.echo(f"{'converted' if c.converted else 'cached'}: {len(c.files)} files, {_size(c.size)}, "
+               f"{c.world_size} rank(s), key {c.key[:12]}", err=True)
+    click.echo(str(c.path))
 
 
 if __name__ == "__main__":  # pragma: no cover

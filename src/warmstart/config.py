@@ -72,7 +72,7 @@ class Settings:
         home = env.get("WARMSTART_HOME") or os.path.join(
             env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "warmstart"
         )
-        token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None
+        token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or _stored_token(env)
         return cls(
             home=Path(home).expanduser(),
             max_size=parse_size(env.get("WARMSTART_MAX_SIZE")),
@@ -99,6 +99,17 @@ def _auth_file(env: Mapping[str, str]) -> Path | None:
         return Path(env["REGISTRY_AUTH_FILE"]).expanduser()
     base = env.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
     return Path(base) / "config.json"
+
+
+def _stored_token(env: Mapping[str, str]) -> str | None:
+    """The token ``huggingface-cli login`` stored (``HF_TOKEN_PATH``, else ``$HF_HOME/token``)."""
+    hf_home = env.get("HF_HOME") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    try:
+        with open(env.get("HF_TOKEN_PATH") or os.path.join(hf_home, "token")) as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:

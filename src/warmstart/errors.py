@@ -60,3 +60,7 @@ class InUseError(WarmstartError, PermissionError):
 
 class ConfigError(WarmstartError, ValueError):
     """A setting (environment variable or flag) has an invalid value."""
+
+
+class RecipeError(WarmstartError, ValueError):
+    """A conversion recipe is malformed or does not fit the model (names no tensor, split does not divide)."""

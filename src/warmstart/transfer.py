@@ -430,6 +430,10 @@ class Transfer:
                 stolen = self._steal()
                 if stolen:
                     return stolen
+                for f in self._files:  # every byte written but nobody hashing: hand it to the hasher
+                    if (f.resolved and not f.stream and not f.pending and not f.inflight
+                            and not f.hash_busy and not f.finished):
+                        self._poke_hash(f)
                 if self._all_finished():
                     return None
                 self._cv.wait(0.5)
@@ -546,6 +550,9 @@ class Transfer:
                     os.close(f.fd)
                     f.fd = -1
             self._cv.notify_all()
+            everything_on_disk = not f.stream and not f.pending and not f.inflight
+        if everything_on_disk:  # a resumed file with no byte missing: only the hash is left to do
+            self._poke_hash(f)
 
     def _chunk(self, client: _http.Client, f: _File, span: list[int], buf: memoryview) -> None:
         start, end = span[1], span[2]

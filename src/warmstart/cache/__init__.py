@@ -8,15 +8,6 @@ package itself is callable and returns the same management object).
 
 from __future__ import annotations
 
-import sys
-import types
+from .._callable import make_callable
 
-
-class _CallablePackage(types.ModuleType):
-    def __call__(self, *, settings=None):
-        from ..api import cache
-
-        return cache(settings=settings)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_callable(__name__, "cache")

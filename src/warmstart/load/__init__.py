@@ -14,6 +14,10 @@ from warmstart.load.cpu import SafeOpen, load_file
 from warmstart.load.model import load_into_module, load_paths, weight_files
 from warmstart.load.safetensors import Header, TensorInfo, read_header
 
+from .._callable import make_callable
+
+make_callable(__name__, "load")  # `warmstart.load(...)` stays the API function once this is imported
+
 __all__ = [
     "Header",
     "SafeOpen",

@@ -1,83 +1,119 @@
-"""The Hugging Face Hub backend: metadata and auth through ``huggingface_hub``; the bytes then
-move through warmstart's own engine from ``{endpoint}/{repo}/resolve/{commit}/{path}`` (the Hub
-redirects large files to its CDN, which the engine follows).
+"""The Hugging Face Hub backend.
 
-One metadata request per pull: ``GET /api/models/{repo}/revision/{rev}?blobs=true`` returns the
-commit and every file's size, git oid and, for LFS files, sha256.
+One metadata request per pull: ``GET {endpoint}/api/models/{repo}/revision/{rev}?blobs=true`` (the
+request ``huggingface_hub.HfApi.model_info(files_metadata=True)`` makes) returns the commit and every
+file's size, git oid and, for LFS files, sha256. The bytes then move through warmstart's own engine
+from ``{endpoint}/{repo}/resolve/{commit}/{path}``; the Hub redirects large files to its CDN, which
+the engine follows.
+
+The request is made with the engine's stdlib HTTP client rather than through ``huggingface_hub``:
+importing that library and its HTTP stack costs ~250 ms, half of the budget of a whole warm
+``warmstart pull`` process. Errors are read from the Hub's ``X-Error-Code`` header exactly as
+``huggingface_hub`` reads them (RepoNotFound, GatedRepo, RevisionNotFound), and the token is found
+where huggingface_hub keeps it (``HF_TOKEN``, then ``$HF_HOME/token``; see ``config.py``).
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
+import time
 import urllib.parse
 
+from .. import _http
 from ..errors import GatedRepoError, NotFoundError, TransferError
 from ..refs import Ref
 from .base import Listing, OriginUnreachable, RemoteFile, Source
 
 log = logging.getLogger(__name__)
 
+RETRIES = 3
+
 
 class HubSource(Source):
     schemes = ("hf",)
     default_revision = "main"
 
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
+
     def resolve(self, ref: Ref) -> Listing:
-        info = self._model_info(ref)
-        commit = info.sha
-        if not commit:
+        info = self.model_info(ref)
+        commit = info.get("sha")
+        if not isinstance(commit, str) or not commit:
             raise NotFoundError(f"{ref}: the Hub returned no commit for this revision; check the revision")
-        headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
+        headers = self._headers()
         files = []
-        for s in info.siblings or ():
-            lfs = s.lfs
-            sha = None
-            if lfs is not None:
-                sha = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
-            url = f"{self.settings.endpoint}/{ref.repo_id}/resolve/{commit}/{urllib.parse.quote(s.rfilename)}"
+        for s in info.get("siblings") or ():
+            name = s.get("rfilename")
+            lfs = s.get("lfs") or None
+            sha = lfs.get("sha256") if isinstance(lfs, dict) else None
+            size = s.get("size")
+            if size is None and isinstance(lfs, dict):
+                size = lfs.get("size")
+            url = f"{self.settings.endpoint}/{ref.repo_id}/resolve/{commit}/{urllib.parse.quote(str(name))}"
             files.append(RemoteFile(
-                path=s.rfilename,
-                size=s.size,
+                path=name,
+                size=int(size) if isinstance(size, int) else None,
                 url=url,
-                sha256=sha.lower() if sha else None,
-                etag=sha.lower() if sha else s.blob_id,
+                sha256=sha.lower() if isinstance(sha, str) else None,
+                etag=sha.lower() if isinstance(sha, str) else s.get("blobId"),
                 headers=headers,
             ))
         return Listing(ref.with_revision(commit), commit, tuple(files))
 
-    def _model_info(self, ref: Ref):
-        from huggingface_hub import HfApi
-        from huggingface_hub import errors as hf_errors
-
-        api = HfApi(endpoint=self.settings.endpoint, token=self.settings.token or False)
+    def model_info(self, ref: Ref) -> dict:
+        """The Hub's JSON for ``ref`` at its revision, with file metadata."""
         revision = ref.revision or self.default_revision
+        url = (f"{self.settings.endpoint}/api/models/{ref.repo_id}/revision/"
+               f"{urllib.parse.quote(revision, safe='')}?blobs=true")
+        client = _http.Client(timeout=30)
         try:
-            return api.model_info(ref.repo_id, revision=revision, files_metadata=True, timeout=30)
-        except hf_errors.GatedRepoError:
-            raise GatedRepoError(
-                f"{ref}: this repository is gated; accept its licence at "
-                f"{self.settings.endpoint}/{ref.repo_id} and set HF_TOKEN to a token of that account"
-            ) from None
-        except hf_errors.RepositoryNotFoundError:
+            for attempt in range(RETRIES + 1):
+                try:
+                    _, resp = client.follow("GET", url, self._headers())
+                    body = resp.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    if attempt == RETRIES:
+                        raise OriginUnreachable(
+                            f"{self.settings.endpoint} is unreachable ({type(exc).__name__}: {exc})") from None
+                    client.drop()
+                    time.sleep(0.2 * 2**attempt)
+                    continue
+                if resp.status == 200:
+                    try:
+                        data = json.loads(body)
+                    except ValueError:
+                        raise TransferError(f"{ref}: the Hub answered with invalid JSON; check HF_ENDPOINT") from None
+                    if not isinstance(data, dict):
+                        raise TransferError(f"{ref}: unexpected answer from the Hub; check HF_ENDPOINT")
+                    return data
+                if resp.status >= 500 or resp.status == 429:
+                    if attempt == RETRIES:
+                        raise OriginUnreachable(f"{self.settings.endpoint} answered HTTP {resp.status}")
+                    time.sleep(0.2 * 2**attempt)
+                    continue
+                raise self._error(ref, revision, resp.status, resp.getheader("X-Error-Code"),
+                                  resp.getheader("X-Error-Message"))
+        finally:
+            client.close()
+        raise AssertionError("unreachable")
+
+    def _error(self, ref: Ref, revision: str, status: int, code: str | None, message: str | None) -> Exception:
+        if code == "GatedRepo":
+            return GatedRepoError(
+                f"{ref}: this repository is gated; accept its licence at {self.settings.endpoint}/"
+                f"{ref.repo_id} and set HF_TOKEN to a token of that account")
+        if code == "RevisionNotFound":
+            return NotFoundError(f"{ref}: revision {revision!r} not found; check the branch, tag or commit")
+        if code == "RepoNotFound" or status == 404:
             if self.settings.token:
-                raise NotFoundError(f"{ref}: repository not found (or your HF_TOKEN has no access); "
-                                    "check the name") from None
-            raise NotFoundError(f"{ref}: repository not found; check the name, or set HF_TOKEN if it "
-                                "is private") from None
-        except hf_errors.RevisionNotFoundError:
-            raise NotFoundError(f"{ref}: revision {revision!r} not found; check the branch, tag or "
-                                "commit") from None
-        except hf_errors.HfHubHTTPError as exc:
-            status = getattr(getattr(exc, "response", None), "status_code", None)
-            if status in (401, 403):
-                raise GatedRepoError(f"{ref}: access denied (HTTP {status}); set HF_TOKEN to a token "
-                                     "with access to this repository") from None
-            if status is not None and status >= 500:
-                raise OriginUnreachable(f"{self.settings.endpoint} answered HTTP {status}") from None
-            raise TransferError(f"{ref}: the Hub answered {exc}".splitlines()[0]) from None
-        except (OSError, ConnectionError) as exc:
-            raise OriginUnreachable(f"{self.settings.endpoint} is unreachable ({type(exc).__name__})") from None
-        except Exception as exc:  # httpx transport errors are not OSErrors
-            if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2"):
-                raise OriginUnreachable(f"{self.settings.endpoint} is unreachable ({type(exc).__name__})") from None
-            raise
+                return NotFoundError(f"{ref}: repository not found (or your HF_TOKEN has no access); check the name")
+            return NotFoundError(f"{ref}: repository not found; check the name, or set HF_TOKEN if it is private")
+        if status in (401, 403):
+            why = "your HF_TOKEN is not valid or has no access" if self.settings.token else "it is private"
+            return GatedRepoError(f"{ref}: access denied (HTTP {status}, {why}); set HF_TOKEN to a token "
+                                  "with access to this repository")
+        detail = f": {message}" if message else ""
+        return TransferError(f"{ref}: the Hub answered HTTP {status}{detail}")

@@ -1,0 +1,210 @@
+"""Persisted ``torch.compile`` artifacts: compile once, start warm in every later process.
+
+Wraps ``torch.compiler.save_cache_artifacts`` / ``load_cache_artifacts`` (Inductor FX-graph, AOTAutograd
+and autotuning caches, serialised to one blob). Entries are keyed by ``sha256(key, torch version,
+device kind and capability, Python version)`` and stored in the warmstart cache home
+(``<home>/compile/<digest>``) or, with ``WARMSTART_COMPILE_CACHE=redis://host:port/db``, in Redis, so
+every pod of a deployment shares them. ``WARMSTART_COMPILE_CACHE`` may also name a directory.
+
+Entry format: ``b"WSCC1\\n" + JSON(environment, payload sha256) + b"\\n" + payload``. An entry whose
+environment differs (another torch version, GPU or Python), a corrupt entry, or an unreachable Redis is
+logged and ignored: the model compiles afresh, and nothing fails because of the cache.
+
+>>> with compile_cache("llama-7b-decode"):            # doctest: +SKIP
+...     model = torch.compile(model); model(x)        # hits: loaded before, saved after
+>>> cc = CompileCache("llama-7b-decode"); cc.load(); ...; cc.save()   # explicit form  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import ConfigError
+
+__all__ = ["CompileCache", "compile_cache", "environment"]
+
+log = logging.getLogger(__name__)
+MAGIC = b"WSCC1\n"
+
+
+def environment() -> dict[str, str]:
+    """What a compiled artifact depends on: torch version, device kind and capability, Python version."""
+    import torch
+
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        device = f"cuda:{torch.cuda.get_device_name()}:sm{major}{minor}"
+    else:
+        device = f"cpu:{platform.machine()}"
+    return {"torch": torch.__version__, "device": device, "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
+
+
+class _FileBackend:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.where = str(root)
+
+    def get(self, digest: str) -> bytes | None:
+        try:
+            return (self.root / digest).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put(self, digest: str, data: bytes) -> bool:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{digest}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, self.root / digest)
+        return True
+
+
+class _RedisBackend:
+    PREFIX = "warmstart:compile:"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = url.split("@")[-1]  # never log a password
+        self._client: Any = None
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            import redis
+
+            self._client = redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=10)
+        return self._client
+
+    def get(self, digest: str) -> bytes | None:
+        return self._redis().get(self.PREFIX + digest)
+
+    def put(self, digest: str, data: bytes) -> bool:
+        return bool(self._redis().set(self.PREFIX + digest, data))
+
+
+def _backend(settings: Settings, url: str | None) -> Any:
+    url = url or settings.compile_cache
+    if not url:
+        return _FileBackend(settings.home / "compile")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise ConfigError("WARMSTART_COMPILE_CACHE names Redis but the redis package is missing; "
+                              "pip install 'warmstart[redis]'") from None
+        return _RedisBackend(url)
+    if url.startswith("file://") or url.startswith("/") or url.startswith("~"):
+        return _FileBackend(Path(url.removeprefix("file://")).expanduser())
+    raise ConfigError(f"WARMSTART_COMPILE_CACHE={url!r}: use redis://HOST:PORT[/DB], rediss://…, or a directory")
+
+
+class CompileCache:
+    """One compile-cache entry: :meth:`load` before compiling, :meth:`save` after (or use it as a context).
+
+    ``hit`` tells whether artifacts were loaded; ``saved`` whether new ones were stored.
+
+    >>> cc = CompileCache("my-model", url="redis://127.0.0.1:6379/0")   # doctest: +SKIP
+    """
+
+    def __init__(self, key: str, *, url: str | None = None, settings: Settings | None = None) -> None:
+        if not isinstance(key, str) or not key:
+            raise ValueError("compile_cache needs a non-empty string key, e.g. the model name and mode")
+        self.key = key
+        self.env = environment()
+        self.backend = _backend(settings or Settings.from_env(), url)
+        text = json.dumps({"key": key, **self.env}, sort_keys=True)
+        self.digest = hashlib.sha256(text.encode()).hexdigest()
+        self.hit = False
+        self.saved = False
+        self.info: Any = None
+        self._loaded_sha: str | None = None
+
+    def _fetch(self) -> bytes | None:
+        try:
+            return self.backend.get(self.digest)
+        except Exception as e:  # noqa: BLE001 - redis raises many types; the cache must never break a run
+            log.warning("compile cache at %s unreachable (%s: %s); compiling afresh", self.backend.where,
+                        type(e).__name__, e)
+            return None
+
+    def load(self) -> bool:
+        """Load stored artifacts into torch's caches; True on a hit. Never raises for cache problems."""
+        import torch
+
+        raw = self._fetch()
+        if raw is None:
+            log.info("compile cache miss for %r", self.key)
+            return False
+        payload = self._unpack(raw)
+        if payload is None:
+            return False
+        try:
+            self.info = torch.compiler.load_cache_artifacts(payload)
+        except Exception as e:  # noqa: BLE001
+            log.warning("compile cache entry for %r could not be loaded (%s); compiling afresh", self.key, e)
+            return False
+        self.hit = True
+        self._loaded_sha = hashlib.sha256(payload).hexdigest()
+        log.info("compile cache hit for %r (%d bytes from %s)", self.key, len(payload), self.backend.where)
+        return True
+
+    def _unpack(self, raw: bytes) -> bytes | None:
+        try:
+            if not raw.startswith(MAGIC):
+                raise ValueError("bad magic")
+            head, _, payload = raw[len(MAGIC):].partition(b"\n")
+            meta = json.loads(head)
+            if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+                raise ValueError("payload digest mismatch")
+        except (ValueError, UnicodeDecodeError) as e:
+            log.warning("compile cache entry for %r is corrupt (%s); ignoring it and compiling afresh", self.key, e)
+            return None
+        env = meta.get("env", {})
+        if env != self.env:
+            diff = ", ".join(f"{k} {env.get(k)!r} != {v!r}" for k, v in self.env.items() if env.get(k) != v)
+            log.warning("compile cache entry for %r was made for another environment (%s); compiling afresh",
+                        self.key, diff)
+            return None
+        return payload
+
+    def save(self) -> bool:
+        """Store the artifacts this process compiled (skipped when nothing new); True when stored."""
+        import torch
+
+        result = torch.compiler.save_cache_artifacts()
+        if not result or not result[0]:
+            log.info("compile cache: nothing compiled under %r, nothing to save", self.key)
+            return False
+        payload = result[0]
+        sha = hashlib.sha256(payload).hexdigest()
+        if sha == self._loaded_sha:
+            return False
+        head = json.dumps({"key": self.key, "env": self.env, "sha256": sha}, sort_keys=True).encode()
+        try:
+            self.saved = self.backend.put(self.digest, MAGIC + head + b"\n" + payload)
+        except Exception as e:  # noqa: BLE001
+            log.warning("compile cache at %s unreachable (%s: %s); artifacts not saved", self.backend.where,
+                        type(e).__name__, e)
+            return False
+        log.info("compile cache: saved %d bytes for %r to %s", len(payload), self.key, self.backend.where)
+        return self.saved
+
+    def __enter__(self) -> CompileCache:
+        self.load()
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.save()
+
+
+def compile_cache(key: str, *, url: str | None = None, settings: Settings | None = None) -> CompileCache:
+    """A :class:`CompileCache` for ``key``; use it as ``with compile_cache(key): ...``."""
+    return CompileCache(key, url=url, settings=settings)
