@@ -93,7 +93,7 @@ def pull(ref, revision, include, exclude, to, link, as_json, quiet, max_size, ti
     from . import api
 
     snap = api.pull(ref, revision=revision, include=include or None, exclude=exclude or None,
-                    to=to, link=link or "symlink", quiet=quiet, settings=_settings(max_size), tier=tier,
+                    to=to, link=link or "symlink", quiet=True if as_json else quiet, settings=_settings(max_size), tier=tier,
                     in_place=in_place)
     if as_json:
         emit_json(snap.to_json())

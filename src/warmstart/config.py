@@ -60,7 +60,7 @@ class Settings:
     memory_max_size: int | None = None
     shared_dir: Path | None = None
     max_connections: int = 64
-    min_connections: int = 8
+    min_connections: int = 16
     chunk_size: int = 16 * 2**20
     compile_cache: str | None = None
     insecure_registries: tuple[str, ...] = ()  # OCI registries reached over plain HTTP (loopback always is)
@@ -84,7 +84,7 @@ class Settings:
             memory_max_size=parse_size(env.get("WARMSTART_MEMORY_MAX_SIZE")),
             shared_dir=Path(env["WARMSTART_SHARED_DIR"]) if env.get("WARMSTART_SHARED_DIR") else None,
             max_connections=_int(env, "WARMSTART_MAX_CONNECTIONS", 64, 1, 512),
-            min_connections=_int(env, "WARMSTART_MIN_CONNECTIONS", 8, 1, 512),
+            min_connections=_int(env, "WARMSTART_MIN_CONNECTIONS", 16, 1, 512),
             chunk_size=parse_size(env.get("WARMSTART_CHUNK_SIZE")) or 16 * 2**20,
             compile_cache=env.get("WARMSTART_COMPILE_CACHE") or None,
             insecure_registries=tuple(h.strip() for h in env.get("WARMSTART_INSECURE_REGISTRIES", "").split(",")

@@ -140,7 +140,8 @@ def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOpt
             by_key[f.key].append(f)
             continue
         by_key[f.key] = [f]
-        jobs.append(FileJob(f.path, f.url, f.key, f.size, f.sha256, dict(f.headers), f.ranges, f.probe))
+        jobs.append(FileJob(f.path, f.url, f.key, f.size, f.sha256, dict(f.headers), f.ranges, f.probe,
+                            f.git_oid))
     from .cache.leases import acquire as _lease  # a gc running meanwhile keeps the blobs this pull reuses
     pull_lease = _lease(cache.layout, [e.digest for e in entries.values()], snapshots=[str(ref)])
 

@@ -3,8 +3,9 @@
 One pool of connections is shared by every file of a pull. Each worker thread owns one keep-alive
 connection per host and repeatedly takes the next task from a shared scheduler:
 
-* ``resolve``: a HEAD that follows redirects (the Hub answers 302 to its CDN) and learns whether the
-  origin serves ranges;
+* ``resolve``: for files whose size or Range support is unknown, a HEAD that follows redirects;
+  files the listing describes fully (Hub LFS files, S3 objects) skip it, and their first ranged GET
+  follows the Hub's 302 to its CDN instead, so no round trip is spent before the first byte;
 * ``chunk``: a ranged GET whose body is ``readinto`` a reusable buffer and ``pwrite`` straight into a
   preallocated temporary file, at its offset;
 * ``stream``: one GET for small files, unknown sizes and origins without ranges.
@@ -12,8 +13,9 @@ connection per host and repeatedly takes the next task from a shared scheduler:
 Chunks are handed out file by file, sized by guided scheduling (remaining bytes / 2·workers, between
 1 MiB and ``chunk_size``) so the tail stays short; an idle worker near the end splits the largest
 chunk still in flight. CDNs cap each connection, so the number of connections adapts: the engine
-starts with ``min_connections`` and doubles them while the aggregate rate still grows by ≥15 %, up to
-``max_connections`` (defaults 8 and 64; ``WARMSTART_MIN_CONNECTIONS``/``WARMSTART_MAX_CONNECTIONS``).
+starts with ``min_connections`` and adds half as many again every ~0.35 s while the aggregate rate
+still grows by ≥10 %, up to ``max_connections`` (defaults 16 and 64;
+``WARMSTART_MIN_CONNECTIONS``/``WARMSTART_MAX_CONNECTIONS``).
 
 sha256 is computed while downloading: as the contiguous prefix of a file grows, a hashing thread reads
 it back (from the page cache) and feeds the hash, so verification is done moments after the last
@@ -71,6 +73,7 @@ class FileJob:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     ranges: bool = True
     probe: bool = True  # False: size and Range support are known, skip the HEAD (presigned S3 GET URLs)
+    git_oid: str | None = None  # the git blob id the origin gives for files without a sha256 (Hub, non-LFS)
 
 
 @dataclasses.dataclass
@@ -151,6 +154,7 @@ class _File:
         self.pending: list[list[int]] = []
         self.inflight: list[list[int]] = []  # [start, pos, end] per running chunk
         self.hasher = hashlib.sha256()
+        self.git = _git_hasher(job)
         self.hashed = 0
         self.hash_busy = False
         self.integrity_retries = 0
@@ -158,6 +162,11 @@ class _File:
         self.resumed = 0
         self.dirty = False
         self.finished = False
+
+    def hash_update(self, data: memoryview) -> None:
+        self.hasher.update(data)
+        if self.git is not None:
+            self.git.update(data)
 
     def contiguous(self) -> int:
         """End of the written prefix [0, n), counting the progress of chunks still in flight."""
@@ -182,7 +191,7 @@ class Transfer:
         tmp_dir: Path,
         lock_dir: Path,
         *,
-        min_connections: int = 8,
+        min_connections: int = 16,
         max_connections: int = 64,
         chunk_size: int = 16 * MiB,
         retries: int = 6,
@@ -207,7 +216,6 @@ class Transfer:
         self._stop = False
         self._stop_evt = threading.Event()
         self._clients: list[_http.Client] = []
-        self._active: set[_http.Client] = set()
         self._target = 0
         self._workers: list[threading.Thread] = []
         self._net_bytes = 0
@@ -261,20 +269,16 @@ class Transfer:
                 raise
             log.warning("locks do not work under %s (%s); concurrent pulls may download twice",
                         self.lock_dir, exc)
+        if self.is_done(job):  # another process finished it after our listing: nothing to fetch
+            self._take_published(f)
+            return
         self._activate(f)
 
     def _wait_other(self, f: _File) -> None:
         try:
             fcntl.flock(f.lock_fd, fcntl.LOCK_EX)
             if self.is_done(f.job):
-                self._release(f)
-                self.progress.advance(f.job.size or 0)
-                self.progress.file_done()
-                self.stats.files += 1
-                with self._cv:
-                    f.finished = True
-                    self._files.append(f)
-                self._on_file(FileResult(f.job, f.job.sha256 or "", f.job.size or 0, None))
+                self._take_published(f)
                 return
             self._activate(f)
         except BaseException as exc:
@@ -283,6 +287,17 @@ class Transfer:
             with self._cv:
                 self._waiting -= 1
                 self._cv.notify_all()
+
+    def _take_published(self, f: _File) -> None:
+        """The file is already in the cache (another process published it): report it, fetch nothing."""
+        self._release(f)
+        self.progress.advance(f.job.size or 0)
+        self.progress.file_done()
+        with self._cv:
+            self.stats.files += 1
+            f.finished = True
+            self._files.append(f)
+        self._on_file(FileResult(f.job, f.job.sha256 or "", f.job.size or 0, None))
 
     def _release(self, f: _File) -> None:
         if f.fd >= 0:
@@ -332,7 +347,7 @@ class Transfer:
     # -- supervision and adaptive connections ----------------------------------------------
     def _supervise(self) -> None:
         """Wait for the files while growing the pool: +50 % connections per step while the
-        aggregate rate still grows by >= 10 %; a step that did not help is taken back."""
+        aggregate rate still grows by >= 10 %."""
         self._spawn(self.min_connections)
         window, settle = 0.2, 0.15
         last_change = time.monotonic()
@@ -359,10 +374,9 @@ class Transfer:
                 rate = (self._net_bytes - mark_b) / (now - mark_t)
                 mark_t, mark_b = now, self._net_bytes
                 if prev is not None and rate < prev[1] * 1.10:
-                    growing = False
-                    self._target = prev[0]
-                    self._cv.notify_all()
-                    log.debug("link full at %d connections (%.1f MB/s)", prev[0], prev[1] / 1e6)
+                    growing = False  # the last step did not help: the link is full (its extra
+                    # connections stay: they cost little, and cover per-request latency)
+                    log.debug("link full at %d connections (%.1f MB/s)", self._target, rate / 1e6)
                     continue
                 room = self.max_connections - self._target
                 if room <= 0:
@@ -377,7 +391,7 @@ class Transfer:
     def _spawn(self, n: int) -> None:
         log.debug("connections: %d -> %d after %.1f MB", self._target, self._target + n, self._net_bytes / 1e6)
         with self._cv:
-            self._target += n  # before the threads start, or they would retire at once
+            self._target += n
         for _ in range(n):
             w = threading.Thread(target=self._worker, name=f"warmstart-io-{len(self._workers)}", daemon=True)
             self._workers.append(w)
@@ -407,13 +421,10 @@ class Transfer:
             c.abort()
 
     # -- scheduling ------------------------------------------------------------------------
-    def _next_task(self, client: _http.Client | None = None) -> tuple | None:
+    def _next_task(self) -> tuple | None:
         with self._cv:
             while True:
                 if self._stop or self._error is not None:
-                    return None
-                if len(self._active) > self._target and client is not None:
-                    self._active.discard(client)  # the last growth step did not help: retire
                     return None
                 for f in self._files:  # small files and redirects first: they cost a round trip each
                     if f.finished or f.resolving:
@@ -474,10 +485,9 @@ class Transfer:
         client = _http.Client(timeout=self.timeout)
         with self._cv:
             self._clients.append(client)
-            self._active.add(client)
         buf = memoryview(bytearray(BUFFER))
         try:
-            while (task := self._next_task(client)) is not None:
+            while (task := self._next_task()) is not None:
                 kind, f = task[0], task[1]
                 try:
                     if kind == "resolve":
@@ -498,11 +508,15 @@ class Transfer:
                 fn()
                 return
             except _http.HTTPStatusError as exc:
+                if self._stop:
+                    return
                 if not exc.retryable or attempt == self.retries:
                     raise self._status_error(f, exc) from None
                 delay = exc.retry_after or _backoff(attempt)
                 log.info("%s: %s; retrying in %.1fs", f.job.name, exc, delay)
             except (OSError, _TruncatedError) as exc:
+                if self._stop:
+                    return  # halted: the socket was shut down under us
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise CacheFullError(f"disk full while writing {f.part}: free space and pull again "
                                          "(the partial download is kept and will resume)") from None
@@ -560,19 +574,29 @@ class Transfer:
             return self._chunk_done(f, span)
         headers = dict(f.headers)
         headers["Range"] = f"bytes={start}-{end - 1}"
-        resp = client.request("GET", f.url, headers)
+        url = f.url
+        # follow(): a file's first requests go through the Hub's 302 (no HEAD round trips before the
+        # first byte); later ones go straight to where it pointed.
+        got_url, resp = client.follow("GET", url, headers)
+        if got_url != url:
+            with self._cv:
+                if f.url == url:
+                    f.url = got_url
+                    if _http.host_key(got_url) != _http.host_key(url):
+                        f.headers = {k: v for k, v in f.headers.items() if k.lower() != "authorization"}
         if resp.status != 206:
             body = _http.drain(resp)
-            if resp.status in (200, 403) and f.url != f.job.url:  # expired CDN link: resolve again
+            if resp.status in (401, 403, 404, 410) and got_url != f.job.url:  # e.g. an expired CDN link
                 with self._cv:
-                    f.url = f.job.url
+                    f.url, f.headers = f.job.url, dict(f.job.headers)
+                raise _TruncatedError(f"HTTP {resp.status} from the redirect target; resolving again")
             if resp.status == 200:
-                client.drop(f.url)
+                client.drop(got_url)
                 raise _TruncatedError("origin ignored the Range header")
-            raise _http.HTTPStatusError(resp.status, f.url, _http.headers_of(resp), body)
+            raise _http.HTTPStatusError(resp.status, got_url, _http.headers_of(resp), body)
         cr = _http.parse_content_range(resp.getheader("Content-Range"))
         if cr is None or cr[0] != start or cr[1] != end or (cr[2] is not None and cr[2] != f.size):
-            client.drop(f.url)
+            client.drop(got_url)
             raise _TruncatedError(f"unexpected Content-Range {resp.getheader('Content-Range')!r}")
         pos = start
         try:
@@ -592,7 +616,7 @@ class Transfer:
                     if live:
                         f.hash_busy = True
                 if live:
-                    f.hasher.update(buf[:n])
+                    f.hash_update(buf[:n])
                 pos += n
                 with self._cv:
                     if live:
@@ -623,7 +647,8 @@ class Transfer:
         url, resp = client.follow("GET", f.job.url, f.job.headers)
         if resp.status != 200:
             raise _http.HTTPStatusError(resp.status, url, _http.headers_of(resp), _http.drain(resp))
-        h = hashlib.sha256()
+        with self._cv:
+            f.hasher, f.git = hashlib.sha256(), _git_hasher(f.job)
         if f.fd >= 0:
             os.close(f.fd)
         f.fd = os.open(f.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -631,7 +656,7 @@ class Transfer:
         try:
             while n := resp.readinto(buf):
                 os.pwrite(f.fd, buf[:n], pos)
-                h.update(buf[:n])
+                f.hash_update(buf[:n])
                 pos += n
                 with self._cv:
                     self._net_bytes += n
@@ -651,7 +676,7 @@ class Transfer:
             raise _TruncatedError(f"got {pos} bytes, expected {f.size}")
         with self._cv:
             f.size = pos
-            f.hasher, f.hashed, f.done = h, pos, [[0, pos]]
+            f.hashed, f.done = pos, [[0, pos]]
             f.hash_busy = True
         self._finish(f)
 
@@ -680,7 +705,7 @@ class Transfer:
                 n = os.preadv(f.fd, [view[: min(len(view), target - start)]], start)
                 if n <= 0:
                     raise IntegrityError(f"{f.part}: short read while hashing")
-                f.hasher.update(view[:n])
+                f.hash_update(view[:n])
                 with self._cv:
                     f.hashed = start + n
             self._finish(f)
@@ -689,16 +714,18 @@ class Transfer:
 
     def _finish(self, f: _File) -> None:
         digest = f.hasher.hexdigest()
-        if f.job.sha256 and digest != f.job.sha256:
+        bad_git = f.git is not None and f.git.hexdigest() != f.job.git_oid
+        if (f.job.sha256 and digest != f.job.sha256) or bad_git:
+            expected = f"sha256 {f.job.sha256}" if f.job.sha256 else f"git blob id {f.job.git_oid}"
             self._discard(f)
             if f.integrity_retries >= 1:
-                raise IntegrityError(f"{f.job.name}: downloaded bytes have sha256 {digest}, expected "
-                                     f"{f.job.sha256}; the data was discarded. The origin serves corrupt "
-                                     "data: try again later or report it")
-            log.warning("%s: sha256 mismatch; discarding and downloading again", f.job.name)
+                raise IntegrityError(f"{f.job.name}: downloaded bytes do not match their {expected}; the "
+                                     "data was discarded. The origin serves corrupt data: try again later "
+                                     "or report it")
+            log.warning("%s: bytes do not match their %s; discarding and downloading again", f.job.name, expected)
             with self._cv:
                 f.integrity_retries += 1
-                f.hasher, f.hashed, f.hash_busy = hashlib.sha256(), 0, False
+                f.hasher, f.git, f.hashed, f.hash_busy = hashlib.sha256(), _git_hasher(f.job), 0, False
                 if f.stream:
                     f.resolving = False
                 else:
@@ -750,6 +777,15 @@ class Transfer:
 
 class _TruncatedError(Exception):
     """A response body that ended early or did not match what was asked."""
+
+
+def _git_hasher(job: FileJob):
+    """git's blob id is sha1(b"blob <size>\\0" + content): checks files the origin gives no sha256 for."""
+    if not job.git_oid or job.size is None or len(job.git_oid) != 40:
+        return None
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(b"blob %d\0" % job.size)
+    return h
 
 
 def _backoff(attempt: int) -> float:

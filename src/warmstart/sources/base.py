@@ -39,6 +39,7 @@ class RemoteFile:
     #: False when ``size`` and Range support are known, so the engine skips its HEAD (a presigned S3
     #: URL is signed for GET only)
     probe: bool = True
+    git_oid: str | None = None  # git blob id, checked while downloading when there is no sha256
 
     @property
     def key(self) -> str:

@@ -60,6 +60,9 @@ class HubSource(Source):
                 sha256=sha.lower() if isinstance(sha, str) else None,
                 etag=sha.lower() if isinstance(sha, str) else s.get("blobId"),
                 headers=headers,
+                # LFS files: size and sha256 are known and the CDN serves ranges, so no HEAD first
+                probe=not isinstance(sha, str),
+                git_oid=None if isinstance(sha, str) else s.get("blobId"),
             ))
         return Listing(ref.with_revision(commit), commit, tuple(files))
 
