@@ -180,9 +180,6 @@ def test_blobs_are_stored_once_across_repos_and_revisions(ws_home, hub, make_rep
     assert (snap_a.path / "config.json").read_bytes() == b'{"name": "a"}'
 
 
-@pytest.mark.xfail(strict=True, reason="cache/views.py plain_view, copy mode, skips any existing regular file "
-                                       "of the same size, so a --to DIR --copy of a newer revision keeps the "
-                                       "older file's bytes when the size did not change")
 def test_copy_view_is_updated_to_the_new_revision(ws_home, hub, make_repo, tmp_path):
     repo_id = make_repo({"config.json": b'{"v": 1}', "model.safetensors": os.urandom(MiB)})
     dest = tmp_path / "copy"

@@ -164,8 +164,6 @@ def test_progress_only_on_a_terminal_and_never_when_quiet(ws_home, hub, cli_env,
     assert r.returncode == 0 and r.stderr == ""
 
 
-@pytest.mark.xfail(strict=True, reason="--json does not imply --quiet: a progress bar still goes to a "
-                                       "terminal stderr (cli.py pull passes quiet=quiet unchanged)")
 def test_json_prints_no_progress_even_on_a_terminal(ws_home, hub, cli_env, tmp_path):
     code, out, term = _run_on_terminal(["pull", TINY, "--json"], _fresh_env(cli_env, tmp_path, "json"))
     assert code == 0 and json.loads(out)["revision"] == hub.repo(TINY).branches["main"]

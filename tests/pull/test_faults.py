@@ -111,10 +111,8 @@ def model(make_repo):
     return make_repo(files), files
 
 
-NOT_VERIFIED = pytest.mark.xfail(strict=True, reason=(
-    "files the Hub stores without LFS have no sha256 in the listing, so their bytes are never checked: "
-    "the git blob sha1 (blobId / ETag) is ignored and corrupt bytes are published and served"))
-CORRUPTIBLE = ["*/model.safetensors", "*/small.bin", pytest.param("*/config.json", marks=NOT_VERIFIED)]
+# LFS files are checked by sha256 (chunked and streamed); the others by their git blob id
+CORRUPTIBLE = ["*/model.safetensors", "*/small.bin", "*/config.json"]
 
 
 @pytest.mark.parametrize("glob", CORRUPTIBLE)

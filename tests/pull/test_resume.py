@@ -18,7 +18,7 @@ from tests.servers.shaping import Link
 from warmstart import api
 
 SIZE = 32 * MiB
-SLACK = 4 * MiB
+SLACK = 8 * MiB  # the origin counts what it handed to the socket; a dropped stolen chunk overcounts
 
 
 def _progress(home: Path) -> int:
@@ -111,7 +111,7 @@ def test_resume_after_keyboard_interrupt(ws_home, hub, big_repo, monkeypatch):
         assert sink.fired
         assert digest not in watcher.seen
         done = _progress(ws_home)
-        assert SIZE // 4 <= done < SIZE, done
+        assert SIZE * 3 // 8 <= done < SIZE, done
         monkeypatch.setattr(api, "_auto_progress", lambda settings, quiet: None)
         hub.link = None
         hub.counters.reset()

@@ -22,7 +22,7 @@ from ..errors import NotFoundError
 from . import evict, leases
 from .index import SnapshotRow
 from .manager import Cache
-from .store import sha256_file
+from .store import cpu_count, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -181,15 +181,16 @@ class Manager(Cache):
     # -- verify --------------------------------------------------------------------------------
     def verify(self, ref: str | None = None, revision: str | None = None, *, repair: bool = False,
                workers: int | None = None) -> VerifyReport:
-        """Re-hash blobs (different blobs in parallel threads: hashlib releases the GIL). Corrupt blobs are
-        moved to ``quarantine/``; with ``repair`` their snapshots are pulled again."""
+        """Re-hash blobs: different blobs in parallel, one thread per CPU (hashlib releases the GIL; sha256
+        of one blob cannot be split), each reading with big preads into its own reused buffer. Corrupt
+        blobs are moved to ``quarantine/``; with ``repair`` their snapshots are pulled again."""
         t0 = time.monotonic()
         rows = self.find(ref, revision) if ref else self.index.snapshots()
         digests: dict[str, int] = {}
         for r in rows:
             for f in self.index.snapshot_files(r.id):
                 digests[f.digest] = f.size
-        workers = workers or os.cpu_count() or 1
+        workers = max(1, min(workers or cpu_count(), len(digests)))
         corrupt, missing, quarantined = [], [], []
         hashed = 0
 

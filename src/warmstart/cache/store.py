@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -27,16 +28,34 @@ log = logging.getLogger(__name__)
 HASH_BLOCK = 8 * 2**20
 
 
+_local = threading.local()
+
+
+def hash_buffer(size: int = HASH_BLOCK) -> bytearray:
+    """A per-thread reusable read buffer (no fresh allocation and page faults for every file)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _local.buf = bytearray(size)
+    return buf
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def sha256_file(path: Path | str, *, start: int = 0, end: int | None = None, h=None) -> hashlib._Hash:
-    """Hash ``path[start:end]`` with big preads (hashlib releases the GIL on large buffers)."""
+    """Hash ``path[start:end]`` with big preads into a reused per-thread buffer (hashlib releases the
+    GIL on large buffers, so threads hashing different files run in parallel)."""
     h = h or hashlib.sha256()
-    buf = bytearray(HASH_BLOCK)
-    view = memoryview(buf)
+    view = memoryview(hash_buffer())[:HASH_BLOCK]
     fd = os.open(path, os.O_RDONLY)
     try:
         end = os.fstat(fd).st_size if end is None else end
-        with_advice = hasattr(os, "posix_fadvise")
-        if with_advice:
+        if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
         pos = start
         while pos < end:

@@ -13,6 +13,8 @@ a temporary name and renamed into place, so a reader never sees a half-made view
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -86,29 +88,54 @@ class DirectoryConflict(WarmstartError, FileExistsError):
     """A file in the target directory is not ours to replace."""
 
 
+def _manifest(layout: Layout, dest: Path) -> Path:
+    """Where warmstart records what it copied into a ``--to`` directory (``{path: sha256}``): in the
+    cache home, so the directory holds nothing but the model's files."""
+    return layout.home / "views" / (hashlib.sha256(str(dest).encode()).hexdigest()[:32] + ".json")
+
+
 def plain_view(layout: Layout, dest: Path, files: Iterable[FileEntry], *, mode: str = "symlink") -> Path:
     """Make ``dest`` a plain directory of the model's files for tools that take a path.
 
     ``mode``: ``symlink`` (default, absolute links to the blobs), ``hardlink`` (same filesystem; falls
-    back to copy) or ``copy``. Existing symlinks and identical files are replaced; any other file is
-    left untouched and reported.
+    back to copy) or ``copy``. Symlinks, hardlinks of the blob and files that warmstart copied there
+    before (recorded in ``<home>/views/``) are replaced when their content differs; any other
+    existing file is left untouched and reported.
     """
     if mode not in ("symlink", "hardlink", "copy"):
         raise ValueError(f"unknown view mode {mode!r}: use symlink, hardlink or copy")
     dest = Path(dest).expanduser().absolute()
     dest.mkdir(parents=True, exist_ok=True)
+    try:  # {path: [sha256, size, mtime_ns]} of the copies warmstart made here
+        made: dict[str, list] = json.loads(_manifest(layout, dest).read_text())
+    except (OSError, ValueError):
+        made = {}
+
+    def ours(where: Path, path: str) -> bool:
+        """An existing copy warmstart made and nobody changed since."""
+        rec = made.get(path)
+        st = where.stat()
+        return isinstance(rec, list) and len(rec) == 3 and [st.st_size, st.st_mtime_ns] == rec[1:]
+
+    files = list(files)
+    for f in files:  # check everything before changing anything
+        where = dest / f.path
+        if where.exists() and not where.is_symlink() and not ours(where, f.path):
+            st, bst = where.stat(), layout.blob(f.digest).stat()
+            if (st.st_ino, st.st_dev) != (bst.st_ino, bst.st_dev):
+                raise DirectoryConflict(f"{where} exists and was not made by warmstart (or was changed "
+                                        "since); remove it or choose another --to directory")
     for f in files:
         blob = layout.blob(f.digest)
         where = dest / f.path
-        if where.exists() and not where.is_symlink():
-            st, bst = where.stat(), blob.stat()
-            if (st.st_ino, st.st_dev) == (bst.st_ino, bst.st_dev) or (mode == "copy" and st.st_size == f.size):
-                continue
-            raise DirectoryConflict(f"{where} exists and is not a warmstart link; remove it or choose "
-                                    "another --to directory")
         if mode == "symlink":
             _link(str(blob), where)
+            made.pop(f.path, None)
             continue
+        if where.exists() and not where.is_symlink():
+            st, bst = where.stat(), blob.stat()
+            if (st.st_ino, st.st_dev) == (bst.st_ino, bst.st_dev) or made.get(f.path, [None])[0] == f.digest:
+                continue  # already this content
         where.parent.mkdir(parents=True, exist_ok=True)
         tmp = where.with_name(f".{where.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
@@ -120,7 +147,12 @@ def plain_view(layout: Layout, dest: Path, files: Iterable[FileEntry], *, mode: 
             else:
                 shutil.copyfile(blob, tmp)
             os.replace(tmp, where)
+            st = os.stat(where)
+            if st.st_ino != blob.stat().st_ino:
+                made[f.path] = [f.digest, st.st_size, st.st_mtime_ns]
         finally:
             if tmp.exists():
                 tmp.unlink()
+    if made:
+        _write_text(_manifest(layout, dest), json.dumps(made, indent=0, sort_keys=True))
     return dest
