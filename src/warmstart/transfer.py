@@ -36,7 +36,6 @@ import errno
 import fcntl
 import functools
 import hashlib
-import json
 import logging
 import os
 import random
@@ -49,6 +48,8 @@ from typing import Protocol
 
 from . import _http
 from .errors import CacheFullError, IntegrityError, NotFoundError, TransferError
+from .partial import PartialFile as _File
+from .partial import git_hasher, merge, preallocate
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ BUFFER = 1 * MiB
 MIN_CHUNK = 1 * MiB
 STREAM_BELOW = 4 * MiB  # files smaller than this go in one request
 SAVE_EVERY = 0.25
-STATE_VERSION = 1
 
 
 @dataclasses.dataclass
@@ -110,73 +110,6 @@ class _NoProgress:
 
     def file_done(self) -> None:
         pass
-
-
-def _merge(intervals: list[list[int]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for a, b in sorted(intervals):
-        if b <= a:
-            continue
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return out
-
-
-def _missing(done: list[list[int]], size: int) -> list[list[int]]:
-    gaps, pos = [], 0
-    for a, b in done:
-        if a > pos:
-            gaps.append([pos, a])
-        pos = max(pos, b)
-    if pos < size:
-        gaps.append([pos, size])
-    return gaps
-
-
-class _File:
-    """Mutable state of one file being fetched; guarded by the engine's lock."""
-
-    def __init__(self, job: FileJob, part: Path) -> None:
-        self.job = job
-        self.part = part
-        self.state_path = part.with_name(part.name + ".json")
-        self.size = job.size
-        self.fd = -1
-        self.lock_fd = -1
-        self.resolved = False
-        self.resolving = False
-        self.stream = False
-        self.url = job.url
-        self.headers = dict(job.headers)
-        self.done: list[list[int]] = []
-        self.pending: list[list[int]] = []
-        self.inflight: list[list[int]] = []  # [start, pos, end] per running chunk
-        self.hasher = hashlib.sha256()
-        self.git = _git_hasher(job)
-        self.hashed = 0
-        self.hash_busy = False
-        self.integrity_retries = 0
-        self.downloaded = 0
-        self.resumed = 0
-        self.dirty = False
-        self.finished = False
-
-    def hash_update(self, data: memoryview) -> None:
-        self.hasher.update(data)
-        if self.git is not None:
-            self.git.update(data)
-
-    def contiguous(self) -> int:
-        """End of the written prefix [0, n), counting the progress of chunks still in flight."""
-        spans = _merge(self.done + [[s, p] for s, p, _ in self.inflight if p > s])
-        return spans[0][1] if spans and spans[0][0] == 0 else 0
-
-    def state(self) -> dict:
-        spans = self.done + [[s, p] for s, p, _ in self.inflight if p > s]
-        return {"version": STATE_VERSION, "url": _http.redact(self.job.url), "size": self.size,
-                "sha256": self.job.sha256, "done": _merge([list(x) for x in spans])}
 
 
 class Transfer:
@@ -322,25 +255,9 @@ class Transfer:
             self._poke_hash(f)  # everything was already on disk
 
     def _load_partial(self, f: _File) -> None:
-        size = f.size or 0
-        done: list[list[int]] = []
-        try:
-            state = json.loads(f.state_path.read_text())
-            st = os.stat(f.part)
-            if (state.get("version") == STATE_VERSION and state.get("size") == size
-                    and state.get("sha256") == f.job.sha256 and st.st_size == size):
-                done = _merge([[int(a), int(b)] for a, b in state["done"] if 0 <= a < b <= size])
-        except (OSError, ValueError, KeyError, TypeError):
-            done = []
-        f.fd = os.open(f.part, os.O_RDWR | os.O_CREAT, 0o644)
-        if not done:
-            os.ftruncate(f.fd, 0)
-            _preallocate(f.fd, size, f.part)
-        f.done = done
-        f.pending = _missing(done, size)
-        f.resumed = sum(b - a for a, b in done)
+        f.open_resumable()
         if f.resumed:
-            log.info("%s: resuming, %d of %d bytes already on disk", f.job.name, f.resumed, size)
+            log.info("%s: resuming, %d of %d bytes already on disk", f.job.name, f.resumed, f.size)
             self.progress.advance(f.resumed)
             self.stats.resumed += f.resumed
 
@@ -637,7 +554,7 @@ class Transfer:
     def _chunk_done(self, f: _File, span: list[int]) -> None:
         with self._cv:
             f.inflight.remove(span)
-            f.done = _merge(f.done + [[span[0], span[2]]])
+            f.done = merge(f.done + [[span[0], span[2]]])
             f.dirty = True
         if self.on_range is not None:
             self.on_range(f.job, span[0], span[2])
@@ -648,7 +565,7 @@ class Transfer:
         if resp.status != 200:
             raise _http.HTTPStatusError(resp.status, url, _http.headers_of(resp), _http.drain(resp))
         with self._cv:
-            f.hasher, f.git = hashlib.sha256(), _git_hasher(f.job)
+            f.hasher, f.git = hashlib.sha256(), git_hasher(f.job)
         if f.fd >= 0:
             os.close(f.fd)
         f.fd = os.open(f.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -725,12 +642,12 @@ class Transfer:
             log.warning("%s: bytes do not match their %s; discarding and downloading again", f.job.name, expected)
             with self._cv:
                 f.integrity_retries += 1
-                f.hasher, f.git, f.hashed, f.hash_busy = hashlib.sha256(), _git_hasher(f.job), 0, False
+                f.hasher, f.git, f.hashed, f.hash_busy = hashlib.sha256(), git_hasher(f.job), 0, False
                 if f.stream:
                     f.resolving = False
                 else:
                     f.fd = os.open(f.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-                    _preallocate(f.fd, f.size or 0, f.part)
+                    preallocate(f.fd, f.size or 0, f.part)
                     f.done, f.pending = [], [[0, f.size or 0]]
                 self._cv.notify_all()
             return
@@ -768,7 +685,7 @@ class Transfer:
         for f in self._files:
             if f.dirty and not f.finished and not f.stream:
                 f.dirty = False
-                _atomic_write(f.state_path, json.dumps(f.state()))
+                f.save()
 
     def _save_all(self) -> None:
         with self._cv:
@@ -779,33 +696,5 @@ class _TruncatedError(Exception):
     """A response body that ended early or did not match what was asked."""
 
 
-def _git_hasher(job: FileJob):
-    """git's blob id is sha1(b"blob <size>\\0" + content): checks files the origin gives no sha256 for."""
-    if not job.git_oid or job.size is None or len(job.git_oid) != 40:
-        return None
-    h = hashlib.sha1(usedforsecurity=False)
-    h.update(b"blob %d\0" % job.size)
-    return h
-
-
 def _backoff(attempt: int) -> float:
     return min(8.0, 0.2 * 2**attempt) * (0.5 + random.random())
-
-
-def _preallocate(fd: int, size: int, path: Path) -> None:
-    if size <= 0:
-        return
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CacheFullError(f"not enough disk space for {path.name} ({size} bytes): free space "
-                                 "or set WARMSTART_HOME to a larger disk") from None
-        os.ftruncate(fd, size)  # filesystems without fallocate
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

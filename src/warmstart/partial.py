@@ -1,0 +1,152 @@
+"""A partial download on disk: the bytes, the ranges known to be written, and the running hashes.
+
+::
+
+    tmp/<key>.part          the file, preallocated to its full size, written in place at offsets
+    tmp/<key>.part.json     {"version", "url", "size", "sha256", "done": [[start, end], ...]}
+
+The state is saved (atomically: write, then rename) by the engine every 0.25 s, with the progress of
+chunks still in flight, so after ``kill -9`` at most ~0.25 s of transfer is fetched again. A state
+that does not match the job (another size or digest) is ignored and the file starts afresh.
+
+>>> merge([[0, 4], [4, 8], [10, 12]])
+[[0, 8], [10, 12]]
+>>> missing([[0, 8], [10, 12]], 16)
+[[8, 10], [12, 16]]
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import _http
+from .errors import CacheFullError
+
+if TYPE_CHECKING:
+    from .transfer import FileJob
+
+STATE_VERSION = 1
+
+
+def merge(intervals: list[list[int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for a, b in sorted(intervals):
+        if b <= a:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def missing(done: list[list[int]], size: int) -> list[list[int]]:
+    gaps, pos = [], 0
+    for a, b in done:
+        if a > pos:
+            gaps.append([pos, a])
+        pos = max(pos, b)
+    if pos < size:
+        gaps.append([pos, size])
+    return gaps
+
+
+class PartialFile:
+    """Mutable state of one file being fetched; the engine guards it with its lock."""
+
+    def __init__(self, job: FileJob, part: Path) -> None:
+        self.job = job
+        self.part = part
+        self.state_path = part.with_name(part.name + ".json")
+        self.size = job.size
+        self.fd = -1
+        self.lock_fd = -1
+        self.resolved = False
+        self.resolving = False
+        self.stream = False
+        self.url = job.url
+        self.headers = dict(job.headers)
+        self.done: list[list[int]] = []
+        self.pending: list[list[int]] = []
+        self.inflight: list[list[int]] = []  # [start, pos, end] per running chunk
+        self.hasher = hashlib.sha256()
+        self.git = git_hasher(job)
+        self.hashed = 0
+        self.hash_busy = False
+        self.integrity_retries = 0
+        self.downloaded = 0
+        self.resumed = 0
+        self.dirty = False
+        self.finished = False
+
+    def hash_update(self, data: memoryview) -> None:
+        self.hasher.update(data)
+        if self.git is not None:
+            self.git.update(data)
+
+    def contiguous(self) -> int:
+        """End of the written prefix [0, n), counting the progress of chunks still in flight."""
+        spans = merge(self.done + [[s, p] for s, p, _ in self.inflight if p > s])
+        return spans[0][1] if spans and spans[0][0] == 0 else 0
+
+    def state(self) -> dict:
+        spans = self.done + [[s, p] for s, p, _ in self.inflight if p > s]
+        return {"version": STATE_VERSION, "url": _http.redact(self.job.url), "size": self.size,
+                "sha256": self.job.sha256, "done": merge([list(x) for x in spans])}
+
+    def open_resumable(self) -> None:
+        """Open the partial file, keeping the ranges a previous run saved (if they match this job)."""
+        size = self.size or 0
+        done: list[list[int]] = []
+        try:
+            state = json.loads(self.state_path.read_text())
+            st = os.stat(self.part)
+            if (state.get("version") == STATE_VERSION and state.get("size") == size
+                    and state.get("sha256") == self.job.sha256 and st.st_size == size):
+                done = merge([[int(a), int(b)] for a, b in state["done"] if 0 <= a < b <= size])
+        except (OSError, ValueError, KeyError, TypeError):
+            done = []
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        if not done:
+            os.ftruncate(self.fd, 0)
+            preallocate(self.fd, size, self.part)
+        self.done = done
+        self.pending = missing(done, size)
+        self.resumed = sum(b - a for a, b in done)
+
+    def save(self) -> None:
+        _atomic_write(self.state_path, json.dumps(self.state()))
+
+
+def git_hasher(job: FileJob):
+    """git's blob id is sha1(b"blob <size>\\0" + content): checks files the origin gives no sha256 for."""
+    if not job.git_oid or job.size is None or len(job.git_oid) != 40:
+        return None
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(b"blob %d\0" % job.size)
+    return h
+
+
+def preallocate(fd: int, size: int, path: Path) -> None:
+    if size <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CacheFullError(f"not enough disk space for {path.name} ({size} bytes): free space "
+                                 "or set WARMSTART_HOME to a larger disk") from None
+        os.ftruncate(fd, size)  # filesystems without fallocate
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
