@@ -197,7 +197,8 @@ def cache(*, settings: Settings | None = None):
     """
     from .cache.ops import Manager
 
-    return Manager.open(settings or Settings.from_env())
+    settings = settings or Settings.from_env()
+    return Manager.open(settings, refetch=lambda ref: pull(ref, quiet=True, settings=settings))
 
 
 def path(what: str = "home", *, settings: Settings | None = None) -> Path:

@@ -146,9 +146,9 @@ def _settings(max_size: str | None = None):
 
 
 def _manager(max_size: str | None = None):
-    from .cache.ops import Manager
+    from . import api
 
-    return Manager.open(_settings(max_size))
+    return api.cache(settings=_settings(max_size))
 
 
 def _size(n: int | None) -> str:

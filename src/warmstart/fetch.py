@@ -19,12 +19,11 @@ from .cache.manager import Cache
 from .cache.views import hub_view, plain_view, source_view, view_is_complete
 from .config import Settings
 from .errors import NotFoundError, OfflineError
-from .refs import Ref
+from .refs import Ref, default_revision
 from .snapshot import Snapshot, SnapshotFile
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REVISION = {"hf": "main"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +69,7 @@ def _finish(cache: Cache, ref: Ref, revision: str, files: list[FileEntry], opts:
 def from_cache(cache: Cache, ref: Ref, opts: PullOptions, t0: float, *, notice: str | None) -> Snapshot | None:
     """Serve ``ref`` from the cache alone, or None if it is not (completely) there."""
     key = _key(ref)
-    wanted = ref.revision or DEFAULT_REVISION.get(ref.scheme, "latest")
+    wanted = ref.revision or default_revision(ref.scheme)
     revision = cache.index.get_ref(key, wanted) or wanted
     row = cache.snapshot(key, revision)
     if row is None:
@@ -191,7 +190,7 @@ def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOpt
     cache.index.add_snapshot(key, listing.revision, known.values())
     refs = {}
     if ref.revision != listing.revision:
-        name = ref.revision or DEFAULT_REVISION.get(ref.scheme, "latest")
+        name = ref.revision or default_revision(ref.scheme)
         cache.index.set_ref(key, name, listing.revision)
         refs[name] = listing.revision
     pull_lease.release()

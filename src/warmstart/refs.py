@@ -33,6 +33,15 @@ _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
+#: the revision a ref without one means, per scheme (the Hub's default branch)
+DEFAULT_REVISIONS = {"hf": "main"}
+
+
+def default_revision(scheme: str) -> str:
+    """``main`` for the Hub; ``latest`` for sources whose revision is computed from a listing."""
+    return DEFAULT_REVISIONS.get(scheme, "latest")
+
+
 @dataclasses.dataclass(frozen=True)
 class Ref:
     """A parsed reference. ``location`` is scheme-specific (``org/name`` for the Hub, ``bucket/prefix``

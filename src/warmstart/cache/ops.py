@@ -15,10 +15,11 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Settings, parse_size
-from ..errors import NotFoundError
+from ..errors import ConfigError, NotFoundError
 from . import evict, leases
 from .index import SnapshotRow
 from .manager import Cache
@@ -76,13 +77,17 @@ class Manager(Cache):
     """A :class:`Cache` with the management commands. Build with :meth:`open`."""
 
     settings: Settings
+    #: fetches ``"source@revision"`` again (``verify --repair``); the API layer provides it, since the
+    #: cache knows nothing of sources
+    refetch: Callable[[str], object] | None = None
 
     @classmethod
-    def open(cls, settings: Settings | None = None) -> Manager:
+    def open(cls, settings: Settings | None = None, *, refetch: Callable[[str], object] | None = None) -> Manager:
         settings = settings or Settings.from_env()
         m = cls(settings.home, max_size=settings.max_size, memory_dir=settings.memory_dir,
                 memory_max_size=settings.memory_max_size, shared_dir=settings.shared_dir)
         m.settings = settings
+        m.refetch = refetch
         return m
 
     # -- finding snapshots -----------------------------------------------------------------------
@@ -97,9 +102,9 @@ class Manager(Cache):
             rev = self.index.get_ref(key, r.revision) or r.revision
             rows = [x for x in rows if x.revision == rev or (len(rev) >= 7 and x.revision.startswith(rev))]
         elif default_only and len(rows) > 1:
-            from ..fetch import DEFAULT_REVISION
+            from ..refs import default_revision
 
-            rev = self.index.get_ref(key, DEFAULT_REVISION.get(r.scheme, "latest"))
+            rev = self.index.get_ref(key, default_revision(r.scheme))
             rows = [x for x in rows if x.revision == rev] or [max(rows, key=lambda x: x.created)]
         if not rows:
             what = f"{key}@{r.revision}" if r.revision else key
@@ -216,11 +221,11 @@ class Manager(Cache):
         repaired = []
         bad = set(corrupt) | set(missing)
         if repair and bad:
-            from .. import api
-
+            if self.refetch is None:
+                raise ConfigError("verify --repair needs a way to fetch again: use warmstart.cache()")
             for r in rows:
                 if bad & set(self.index.snapshot_digests(r.id)):
-                    api.pull(f"{r.source}@{r.revision}", quiet=True, settings=self.settings)
+                    self.refetch(f"{r.source}@{r.revision}")
                     repaired.append(f"{r.source}@{r.revision}")
         left = [d for d in bad if not self.store.has(d)]
         return VerifyReport(len(digests), hashed, time.monotonic() - t0, tuple(corrupt), tuple(missing),
