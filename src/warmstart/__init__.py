@@ -29,7 +29,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 _API = ("pull", "load", "open", "load_into", "cache", "Snapshot", "SnapshotFile", "path",
-        "convert", "save_tree", "load_tree", "compile_cache")
+        "convert", "save_tree", "load_tree", "compile_cache", "aot_compile")
 
 
 def __getattr__(name: str):  # PEP 562: keep `import warmstart` light

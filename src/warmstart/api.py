@@ -24,7 +24,7 @@ from .errors import ConfigError, NotFoundError
 from .snapshot import Snapshot, SnapshotFile
 
 __all__ = ["pull", "load", "open", "load_into", "cache", "path", "Snapshot", "SnapshotFile", "convert",
-           "save_tree", "load_tree", "compile_cache"]
+           "save_tree", "load_tree", "compile_cache", "aot_compile"]
 
 #: what ``load(ref)`` pulls when the model is not cached yet (weights, their index, small configs)
 LOAD_INCLUDE = ("*.safetensors", "*.safetensors.index.json", "*.json")
@@ -257,3 +257,20 @@ def compile_cache(key: str, *, url: str | None = None, settings: Settings | None
     from .conversion.compile_cache import compile_cache as _cc
 
     return _cc(key, url=url, settings=settings)
+
+
+def aot_compile(model, example_args: tuple, *, key: str, example_kwargs: dict | None = None,
+                dynamic_shapes=None, inductor_configs: dict | None = None, url: str | None = None,
+                settings: Settings | None = None):
+    """``model`` compiled ahead of time with AOTInductor; the package is cached, so later processes only load it.
+
+    Returns a callable (:class:`warmstart.conversion.aot.AotModel`) that runs on ``model``'s own weights,
+    read in place. Stored like :func:`compile_cache` (cache home, or ``WARMSTART_COMPILE_CACHE=redis://…``).
+
+    >>> fast = aot_compile(model, (x,), key="encoder-v1")                          # doctest: +SKIP
+    >>> y = fast(x)                                                                  # doctest: +SKIP
+    """
+    from .conversion.aot import aot_compile as _aot
+
+    return _aot(model, example_args, key=key, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes,
+                inductor_configs=inductor_configs, url=url, settings=settings)

@@ -10,11 +10,11 @@ connection per host and repeatedly takes the next task from a shared scheduler:
   preallocated temporary file, at its offset;
 * ``stream``: one GET for small files, unknown sizes and origins without ranges.
 
-Chunks are handed out file by file, sized by guided scheduling (remaining bytes / 2·workers, between
-1 MiB and ``chunk_size``) so the tail stays short; an idle worker near the end splits the largest
-chunk still in flight. CDNs cap each connection, so the number of connections adapts: the engine
+Chunks are handed out file by file, ``chunk_size`` each (16 MiB: few requests, each costing a round
+trip and origin work) until the last round, which is split evenly across the workers so they end
+together; an idle worker near the end splits the largest chunk still in flight. CDNs cap each connection, so the number of connections adapts: the engine
 starts with ``min_connections`` and adds half as many again every ~0.35 s while the aggregate rate
-still grows by ≥10 %, up to ``max_connections`` (defaults 16 and 64;
+still grows by ≥15 %, up to ``max_connections`` (defaults 16 and 64;
 ``WARMSTART_MIN_CONNECTIONS``/``WARMSTART_MAX_CONNECTIONS``).
 
 sha256 is computed while downloading: as the contiguous prefix of a file grows, a hashing thread reads
@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import _http
+from ._io import start_writeback
 from .errors import CacheFullError, IntegrityError, NotFoundError, TransferError
 from .partial import PartialFile as _File
 from .partial import git_hasher, merge, preallocate
@@ -264,9 +265,9 @@ class Transfer:
     # -- supervision and adaptive connections ----------------------------------------------
     def _supervise(self) -> None:
         """Wait for the files while growing the pool: +50 % connections per step while the
-        aggregate rate still grows by >= 10 %."""
+        aggregate rate still grows by >= 15 %."""
         self._spawn(self.min_connections)
-        window, settle = 0.2, 0.15
+        window, settle = 0.25, 0.15
         last_change = time.monotonic()
         mark_t, mark_b = last_change, 0
         prev: tuple[int, float] | None = None  # (connections, rate) before the last step
@@ -290,7 +291,7 @@ class Transfer:
                     continue
                 rate = (self._net_bytes - mark_b) / (now - mark_t)
                 mark_t, mark_b = now, self._net_bytes
-                if prev is not None and rate < prev[1] * 1.10:
+                if prev is not None and rate < prev[1] * 1.15:
                     growing = False  # the last step did not help: the link is full (its extra
                     # connections stay: they cost little, and cover per-request latency)
                     log.debug("link full at %d connections (%.1f MB/s)", self._target, rate / 1e6)
@@ -367,8 +368,10 @@ class Transfer:
                 self._cv.wait(0.5)
 
     def _carve(self, f: _File) -> tuple:
-        left = self._unassigned()
-        size = max(MIN_CHUNK, min(self.chunk_size, left // (2 * max(1, len(self._workers)))))
+        # Full-size chunks while more than a round of them is left (each request costs a round trip
+        # and origin work); the last round is split evenly across the workers so they end together.
+        left, workers = self._unassigned(), max(1, len(self._workers))
+        size = self.chunk_size if left > self.chunk_size * workers else max(2 * MIN_CHUNK, left // workers)
         a, b = f.pending[0]
         end = min(b, a + size)
         if b - end < MIN_CHUNK // 2:  # don't leave a sliver behind
@@ -552,6 +555,7 @@ class Transfer:
             self._chunk_done(f, span)
 
     def _chunk_done(self, f: _File, span: list[int]) -> None:
+        start_writeback(f.fd, span[0], span[2] - span[0])  # so the fsync before publishing is short
         with self._cv:
             f.inflight.remove(span)
             f.done = merge(f.done + [[span[0], span[2]]])

@@ -1,7 +1,8 @@
 """A shaping reverse proxy on loopback, for origins we did not write (moto's S3, the CNCF registry).
 
 Requests are forwarded as they are (the ``Host`` header included, so signed S3 requests and registry
-upload locations keep naming the proxy); response bodies come back through :mod:`.shaping`: the
+upload locations keep naming the proxy); response bodies are streamed back (never held whole)
+through :mod:`.shaping`: the
 proxy's ``link`` shapes them, its ``faults`` inject 5xx/429/403 statuses, resets, truncations and
 corrupt bytes, and its ``counters`` count requests and body bytes per path.
 
@@ -15,11 +16,14 @@ Example::
 from __future__ import annotations
 
 import http.client
+import socket
+import struct
 
-from .shaping import Link, OriginHandler, OriginServer
+from .shaping import BODY_FAULTS, Link, OriginHandler, OriginServer
 
 HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
        "content-length"}
+RELAY_PIECE = 1 << 20  # upstream bodies are streamed in pieces this big, never held whole
 
 
 class _ProxyServer(OriginServer):
@@ -52,25 +56,75 @@ class ProxyHandler(OriginHandler):
             try:
                 self._up.request(self.command, self.path, body=body, headers=headers)
                 resp = self._up.getresponse()
-                data = resp.read()
                 break
             except (ConnectionError, http.client.HTTPException):
                 self._up.close()
                 self._up = None
                 if attempt:
                     raise
-        self.send_response(resp.status)
-        for k, v in resp.getheaders():
+        status, up_headers = resp.status, resp.getheaders()
+        buffered: bytes | None = None
+        if self.command == "HEAD":
+            resp.read()
+            size = int(resp.getheader("Content-Length") or 0)
+        elif resp.length is None:  # no length announced (chunked, or until close): buffer the body
+            buffered = resp.read()
+            size = len(buffered)
+        else:
+            size = resp.length
+        self.send_response(status)
+        for k, v in up_headers:
             if k.lower() not in HOP:
                 self.send_header(k, v)
-        if self.command == "HEAD":
-            self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
-        else:
-            self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(size))
         self.end_headers()
-        if self.command != "HEAD" and data:
-            self.wfile.flush()
-            self.send_body(data, 0, len(data))
+        if self.command == "HEAD" or not size:
+            return
+        self.wfile.flush()
+        if buffered is not None:
+            self.send_body(buffered, 0, size)
+        else:
+            self._relay(resp, size)
+
+    def _relay(self, resp: http.client.HTTPResponse, length: int) -> None:
+        """Stream an upstream body through the link, piece by piece, with the body faults of
+        :meth:`OriginHandler.send_body` (offsets are body offsets)."""
+        path = self.url_path
+        fault = self.server.faults.take(BODY_FAULTS, self.command, path)
+        limit = length
+        if fault is not None and fault.kind in ("reset", "truncate"):
+            limit = min(length, fault.after_bytes)
+        flip = None
+        if fault is not None and fault.kind == "corrupt":
+            at = min(fault.after_bytes, length - 1)
+            flip = (at, min(length, at + max(1, fault.nbytes)))
+        done = 0
+        try:
+            while done < limit:
+                piece = resp.read(min(RELAY_PIECE, limit - done))
+                if not piece:
+                    raise ConnectionResetError("upstream body ended early")
+                rel = None if flip is None else (flip[0] - done, flip[1] - done)
+                self._stream(piece, 0, len(piece), path, rel)
+                done += len(piece)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+            self._drop_upstream()
+            return
+        if done < length:
+            self._drop_upstream()  # body left unread upstream
+        if fault is not None and fault.kind == "reset":
+            self.close_connection = True
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.rfile.close()
+            self.connection.close()
+        elif fault is not None and fault.kind == "truncate":
+            self.close_connection = True
+
+    def _drop_upstream(self) -> None:
+        if self._up is not None:
+            self._up.close()
+            self._up = None
 
     do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward
 

@@ -22,7 +22,6 @@ renames; a reader verifies the sha256 of everything it reads, so a torn or corru
 from __future__ import annotations
 
 import concurrent.futures as cf
-import ctypes
 import errno
 import hashlib
 import logging
@@ -33,6 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._io import start_writeback
 from ..errors import CacheFullError
 from . import leases
 from .layout import Layout, check_digest
@@ -183,26 +183,6 @@ def _key_path(shared_dir: Path, key: str) -> Path:
     return Path(shared_dir) / "keys" / safe
 
 
-def _sync_file_range():
-    """glibc's sync_file_range, or None (Python's os module has no binding for it)."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _start_writeback(fd: int, off: int, n: int) -> None:
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, off, n, _SYNC_FILE_RANGE_WRITE)  # asynchronous; errors surface at fsync
-
-
 def _reflink(fd_in: int, fd_out: int) -> bool:
     """Clone ``fd_in`` into ``fd_out`` when both are on one CoW filesystem; False when it cannot."""
     try:
@@ -233,7 +213,7 @@ def _write_full(fd: int, view: memoryview, off: int) -> None:
         end = off + len(view)
         if end // WRITEBACK_EVERY != off // WRITEBACK_EVERY:
             start = (end // WRITEBACK_EVERY - 1) * WRITEBACK_EVERY
-            _start_writeback(fd, start, WRITEBACK_EVERY)
+            start_writeback(fd, start, WRITEBACK_EVERY)
 
 
 def _copy_verified(src: Path, dst: Path, size: int) -> str:

@@ -7,8 +7,9 @@ device kind and capability, Python version)`` and stored in the warmstart cache 
 every pod of a deployment shares them. ``WARMSTART_COMPILE_CACHE`` may also name a directory.
 
 Entry format: ``b"WSCC1\\n" + JSON(environment, payload sha256) + b"\\n" + payload``. An entry whose
-environment differs (another torch version, GPU or Python), a corrupt entry, or an unreachable Redis is
-logged and ignored: the model compiles afresh, and nothing fails because of the cache.
+environment differs (another torch version, GPU or Python) or a corrupt entry is logged and ignored: the
+model compiles afresh, and nothing fails because of the cache. An unreachable Redis is logged and the local
+cache home is used instead (read and written) for the rest of that entry's life.
 
 >>> with compile_cache("llama-7b-decode"):            # doctest: +SKIP
 ...     model = torch.compile(model); model(x)        # hits: loaded before, saved after
@@ -118,31 +119,66 @@ class CompileCache:
             raise ValueError("compile_cache needs a non-empty string key, e.g. the model name and mode")
         self.key = key
         self.env = environment()
-        self.backend = _backend(settings or Settings.from_env(), url)
-        text = json.dumps({"key": key, **self.env}, sort_keys=True)
+        settings = settings or Settings.from_env()
+        self.backend = _backend(settings, url)
+        # where entries go when the shared backend (Redis) is unreachable: this machine's cache home
+        local = settings.home / "compile"
+        self.local = None if isinstance(self.backend, _FileBackend) and self.backend.root == local \
+            else _FileBackend(local)
+        text = json.dumps({"key": key, **self.env, **self._key_extra()}, sort_keys=True)
         self.digest = hashlib.sha256(text.encode()).hexdigest()
         self.hit = False
         self.saved = False
         self.info: Any = None
         self._loaded_sha: str | None = None
 
+    def _key_extra(self) -> dict[str, Any]:
+        """More key material (subclasses); the entry's digest covers it besides key and environment."""
+        return {}
+
     def _fetch(self) -> bytes | None:
         try:
             return self.backend.get(self.digest)
         except Exception as e:  # noqa: BLE001 - redis raises many types; the cache must never break a run
-            log.warning("compile cache at %s unreachable (%s: %s); compiling afresh", self.backend.where,
-                        type(e).__name__, e)
+            if self.local is None:
+                log.warning("compile cache at %s unreachable (%s: %s); compiling afresh", self.backend.where,
+                            type(e).__name__, e)
+                return None
+            log.warning("compile cache at %s unreachable (%s: %s); using the local cache at %s",
+                        self.backend.where, type(e).__name__, e, self.local.where)
+            self.backend = self.local  # and store there too
+            self.local = None
+            return self._fetch()
+
+    def fetch_payload(self) -> bytes | None:
+        """The stored payload when there is a valid entry for this environment, else None (logged)."""
+        raw = self._fetch()
+        if raw is None:
+            log.info("compile cache miss for %r", self.key)
             return None
+        return self._unpack(raw)
+
+    def store_payload(self, payload: bytes) -> bool:
+        """Store ``payload`` under this entry's digest; True when stored. Never raises for cache problems."""
+        sha = hashlib.sha256(payload).hexdigest()
+        head = json.dumps({"key": self.key, "env": self.env, "sha256": sha}, sort_keys=True).encode()
+        while True:
+            try:
+                return self.backend.put(self.digest, MAGIC + head + b"\n" + payload)
+            except Exception as e:  # noqa: BLE001
+                if self.local is None:
+                    log.warning("compile cache at %s unreachable (%s: %s); artifacts not saved",
+                                self.backend.where, type(e).__name__, e)
+                    return False
+                log.warning("compile cache at %s unreachable (%s: %s); saving to the local cache at %s",
+                            self.backend.where, type(e).__name__, e, self.local.where)
+                self.backend, self.local = self.local, None
 
     def load(self) -> bool:
         """Load stored artifacts into torch's caches; True on a hit. Never raises for cache problems."""
         import torch
 
-        raw = self._fetch()
-        if raw is None:
-            log.info("compile cache miss for %r", self.key)
-            return False
-        payload = self._unpack(raw)
+        payload = self.fetch_payload()
         if payload is None:
             return False
         try:
@@ -186,12 +222,8 @@ class CompileCache:
         sha = hashlib.sha256(payload).hexdigest()
         if sha == self._loaded_sha:
             return False
-        head = json.dumps({"key": self.key, "env": self.env, "sha256": sha}, sort_keys=True).encode()
-        try:
-            self.saved = self.backend.put(self.digest, MAGIC + head + b"\n" + payload)
-        except Exception as e:  # noqa: BLE001
-            log.warning("compile cache at %s unreachable (%s: %s); artifacts not saved", self.backend.where,
-                        type(e).__name__, e)
+        self.saved = self.store_payload(payload)
+        if not self.saved:
             return False
         log.info("compile cache: saved %d bytes for %r to %s", len(payload), self.key, self.backend.where)
         return self.saved
