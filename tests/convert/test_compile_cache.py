@@ -100,13 +100,17 @@ def test_entry_from_another_torch_version_is_ignored(home: Path, fake_torch: dic
     assert "corrupt" in caplog.text
 
 
-def test_redis_unreachable_falls_back(home: Path, fake_torch: dict, caplog) -> None:
+def test_redis_unreachable_falls_back_to_the_local_cache(home: Path, fake_torch: dict, caplog) -> None:
     pytest.importorskip("redis")
     url = f"redis://127.0.0.1:{_free_port()}/0"
     with caplog.at_level(logging.WARNING, "warmstart"), warmstart.compile_cache("m", url=url) as c:
         pass
-    assert not c.hit and not c.saved
-    assert "unreachable" in caplog.text and "compiling afresh" in caplog.text
+    assert not c.hit and c.saved
+    assert "unreachable" in caplog.text and "using the local cache" in caplog.text
+    assert len(list((home / "compile").iterdir())) == 1
+    with warmstart.compile_cache("m", url=url) as again:  # still down: the local entry is a hit
+        pass
+    assert again.hit and fake_torch["loaded"] == [b"ARTIFACTS-v1"]
 
 
 def test_bad_url_is_a_config_error(home: Path) -> None:
