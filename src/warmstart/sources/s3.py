@@ -3,11 +3,12 @@
 The objects under ``PREFIX/`` form a model (or ``PREFIX`` names one object). ``boto3`` lists them and
 presigns one GET URL per object (a purely local computation); the bytes then move through the
 shared transfer engine with parallel ranged GETs, hashed with sha256 as they arrive. Each GET carries
-``If-Match: <listed ETag>`` (and the listed version id when the bucket is versioned), so an object
-that changes between listing and download fails with HTTP 412 instead of mixing two versions.
+``If-Match: <listed ETag>``, so an object that changes between listing and download fails with
+HTTP 412 instead of mixing two versions.
 
-The revision is a digest of the listing (keys, sizes, ETags, version ids): ``s3://b/p@<revision>``
-is immutable and served from the cache without any request once pulled.
+The revision is a digest of the listing (``ListObjectsV2``: keys, sizes, ETags; a single object named
+by ``PREFIX`` adds its version id): ``s3://b/p@<revision>`` is immutable and served from the cache
+without any request once pulled.
 
 Credentials, region and endpoint come from the standard AWS environment and config files
 (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, ``AWS_REGION``, ``AWS_ENDPOINT_URL`` for MinIO or Ceph RGW).
@@ -105,12 +106,12 @@ class S3Source(Source):
 
     # -- S3 calls ------------------------------------------------------------------------------------
     def _list(self, ref: Ref, bucket: str, prefix: str) -> list[dict]:
-        """Every live object under ``prefix/`` (with version ids when the store gives them)."""
+        """Every live object under ``prefix/``."""
         folder = prefix + "/" if prefix else ""
-        try:
-            objects = self._list_versions(bucket, folder)
-        except _Fallback:
-            objects = self._call(ref, lambda: self._list_v2(bucket, folder))
+        # ListObjectsV2: the live objects only. (ListObjectVersions walks every historical version of
+        # every key: measured 3.3 s against moto for one 1 GB object, 5 ms for ListObjectsV2.) The
+        # listed ETag, sent as If-Match on every GET, already pins the exact bytes that were listed.
+        objects = self._call(ref, lambda: self._list_v2(bucket, folder))
         objects = [o for o in objects if not o["Key"].endswith("/")]  # "directory" markers
         if not objects and prefix:  # PREFIX may name a single object
             try:
@@ -123,15 +124,6 @@ class S3Source(Source):
         if not objects:
             raise NotFoundError(f"{ref}: no objects under s3://{bucket}/{folder}; check the bucket and prefix")
         return objects
-
-    def _list_versions(self, bucket: str, folder: str) -> list[dict]:
-        out = []
-        try:
-            for page in self.client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=folder):
-                out.extend(v for v in page.get("Versions", ()) if v.get("IsLatest"))
-        except Exception:  # noqa: BLE001 - no ListBucketVersions permission, not implemented, no bucket,
-            raise _Fallback() from None  # no credentials: list_objects_v2 then reports what is wrong
-        return out
 
     def _list_v2(self, bucket: str, folder: str) -> list[dict]:
         out: list[dict] = []
@@ -173,7 +165,3 @@ class S3Source(Source):
             raise TransferError(f"{ref}: S3 error {code or status}: {err.get('Message', '')}") from None
         except bx.BotoCoreError as exc:
             raise TransferError(f"{ref}: {exc}") from None
-
-
-class _Fallback(Exception):
-    """list_object_versions is not available: list without version ids."""
