@@ -18,6 +18,9 @@ from tests.servers.shaping import Link
 from warmstart import api
 
 SIZE = 32 * MiB
+# The origin counts a sendfile slice (tests/servers/shaping.py, UNSHAPED_SLICE) once it is fully sent;
+# a connection the client drops midway (the tail of a chunk another worker took) was partly sent.
+SENDFILE_SLICE = 4 * MiB  # so the lower bounds below allow one such slice
 SLACK = 8 * MiB  # the origin counts what it handed to the socket; a dropped stolen chunk overcounts
 
 
@@ -68,7 +71,7 @@ def test_resume_after_sigkill(ws_home, hub, cli_env, big_repo):
         hub.counters.reset()
         snap = warmstart.pull(f"hf://{repo_id}")
     served = hub.counters.bytes_for("/blobs/*")
-    assert SIZE - done <= served <= SIZE - done + SLACK, (done, served)
+    assert SIZE - done - SENDFILE_SLICE <= served <= SIZE - done + SLACK, (done, served)
     assert served_first + served <= SIZE + SLACK  # the whole file crossed the link about once
     assert snap.downloaded <= SIZE - done + SLACK and snap.from_cache >= done - SLACK
     assert (snap.path / "model.safetensors").read_bytes() == data
@@ -117,7 +120,7 @@ def test_resume_after_keyboard_interrupt(ws_home, hub, big_repo, monkeypatch):
         hub.counters.reset()
         snap = warmstart.pull(f"hf://{repo_id}")
     served = hub.counters.bytes_for("/blobs/*")
-    assert SIZE - done <= served <= SIZE - done + SLACK, (done, served)
+    assert SIZE - done - SENDFILE_SLICE <= served <= SIZE - done + SLACK, (done, served)
     assert (snap.path / "model.safetensors").read_bytes() == data
     assert watcher.bad == []
     assert_blobs_sound(ws_home)

@@ -17,7 +17,7 @@ from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import quote
 
-from .shaping import Link, OriginHandler, OriginServer, Source
+from .shaping import Link, OriginHandler, OriginServer, ServedOrigin, Source
 
 
 class _HttpServer(OriginServer):
@@ -51,7 +51,7 @@ class HttpFileHandler(OriginHandler):
         self.send_resource(source, size, headers, ranges=origin.ranges)
 
 
-class HttpOrigin:
+class HttpOrigin(ServedOrigin):
     """Serves ``files`` (``{path: bytes | file}``) or every file under a directory.
 
     ``ranges``/``etag``/``last_modified`` may be toggled while it runs. ETags are the content's sha1
@@ -96,46 +96,10 @@ class HttpOrigin:
             return src, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}", st.st_mtime
         return src, len(src), hashlib.sha1(src).hexdigest(), 1_700_000_000.0
 
-    # -- lifecycle and shared state ----------------------------------------------------------------
-    def start(self) -> HttpOrigin:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> HttpOrigin:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def endpoint(self) -> str:
-        return self._server.endpoint
-
     def url(self, path: str) -> str:
         return f"{self.endpoint}/{quote(path.lstrip('/'))}"
 
-    @property
-    def link(self) -> Link | None:
-        return self._server.link
-
-    @link.setter
-    def link(self, link: Link | None) -> None:
-        self._server.link = link
-
-    @property
-    def faults(self):
-        return self._server.faults
-
-    @property
-    def counters(self):
-        return self._server.counters
-
     def reset(self) -> None:
         """Between tests: zero counters, drop faults, unshape, restore Range/ETag/Last-Modified."""
-        self.counters.reset()
-        self.faults.clear()
-        self.link = None
+        super().reset()
         self.ranges = self.etag = self.last_modified = True

@@ -19,7 +19,7 @@ import http.client
 import socket
 import struct
 
-from .shaping import BODY_FAULTS, Link, OriginHandler, OriginServer
+from .shaping import BODY_FAULTS, Link, OriginHandler, OriginServer, ServedOrigin
 
 HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
        "content-length"}
@@ -129,51 +129,13 @@ class ProxyHandler(OriginHandler):
     do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward
 
 
-class ShapingProxy:
+class ShapingProxy(ServedOrigin):
     """Forward ``127.0.0.1:<port>`` to ``upstream``; ``link``, ``faults``, ``counters`` as any origin."""
 
     def __init__(self, host: str, port: int, *, link: Link | None = None) -> None:
         self._server = _ProxyServer(("127.0.0.1", 0), ProxyHandler, link=link)
         self._server.upstream = (host, port)
 
-    def start(self) -> ShapingProxy:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> ShapingProxy:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def endpoint(self) -> str:
-        return self._server.endpoint
-
     @property
     def host(self) -> str:
         return self.endpoint.split("://", 1)[1]
-
-    @property
-    def link(self) -> Link | None:
-        return self._server.link
-
-    @link.setter
-    def link(self, link: Link | None) -> None:
-        self._server.link = link
-
-    @property
-    def faults(self):
-        return self._server.faults
-
-    @property
-    def counters(self):
-        return self._server.counters
-
-    def reset(self) -> None:
-        self.counters.reset()
-        self.faults.clear()
-        self.link = None

@@ -463,3 +463,49 @@ def serving(server: OriginServer):
         yield server
     finally:
         server.stop()
+
+
+class ServedOrigin:
+    """What every test origin offers around its ``OriginServer`` (``self._server``): start/stop, a
+    context manager, ``endpoint``, and the shared ``link``, ``faults`` and ``counters``."""
+
+    _server: OriginServer
+
+    def start(self):
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def endpoint(self) -> str:
+        return self._server.endpoint
+
+    @property
+    def link(self) -> Link | None:
+        return self._server.link
+
+    @link.setter
+    def link(self, link: Link | None) -> None:
+        self._server.link = link
+
+    @property
+    def faults(self) -> Faults:
+        return self._server.faults
+
+    @property
+    def counters(self) -> Counters:
+        return self._server.counters
+
+    def reset(self) -> None:
+        """Between tests: zero the counters, drop pending faults, unshape the link."""
+        self.counters.reset()
+        self.faults.clear()
+        self.link = None

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from ..errors import CacheFullError
 from . import leases
 from .index import SnapshotRow
+from .layout import scan_blobs as layout_scan
 
 if TYPE_CHECKING:
     from .manager import Cache
@@ -198,25 +199,7 @@ def used_bytes(cache: Cache) -> int:
 
 def scan_blobs(cache: Cache) -> list[tuple[str, int, float]]:
     """Every blob file on disk as ``(digest, size, mtime)``; temporary names are skipped."""
-    out = []
-    try:
-        prefixes = os.listdir(cache.layout.blobs)
-    except FileNotFoundError:
-        return out
-    for p in prefixes:
-        try:
-            with os.scandir(cache.layout.blobs / p) as it:
-                for e in it:
-                    if len(e.name) != 64:
-                        continue
-                    try:
-                        st = e.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    out.append((e.name, st.st_size, st.st_mtime))
-        except (NotADirectoryError, FileNotFoundError):
-            continue
-    return out
+    return [(d, st.st_size, st.st_mtime) for d, st in layout_scan(cache.layout.blobs)]
 
 
 # -- planning -----------------------------------------------------------------------------------

@@ -21,7 +21,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -92,3 +94,23 @@ class Layout:
     def ensure(self) -> None:
         for d in (self.blobs, self.tmp, self.locks, self.leases, self.hub):
             d.mkdir(parents=True, exist_ok=True)
+
+
+def scan_blobs(blobs: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every blob file under a ``blobs/sha256`` directory as ``(digest, stat)``; temporary names and
+    files that vanish meanwhile are skipped."""
+    try:
+        prefixes = os.listdir(blobs)
+    except FileNotFoundError:
+        return
+    for p in prefixes:
+        try:
+            with os.scandir(blobs / p) as it:
+                for e in it:
+                    if len(e.name) == 64:
+                        try:
+                            yield e.name, e.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+        except (NotADirectoryError, FileNotFoundError):
+            continue

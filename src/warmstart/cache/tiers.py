@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING
 from .._io import start_writeback
 from ..errors import CacheFullError
 from . import leases
-from .layout import Layout, check_digest
+from .layout import Layout, check_digest, scan_blobs
 from .store import _copy, cpu_count
+from .views import link_atomic
 
 if TYPE_CHECKING:
     from .manager import Cache
@@ -81,21 +82,7 @@ class MemoryTier:
 
     def digests(self) -> dict[str, tuple[int, float]]:
         """``{digest: (size, last_used)}`` of every blob in the tier."""
-        out: dict[str, tuple[int, float]] = {}
-        try:
-            prefixes = os.listdir(self.layout.blobs)
-        except FileNotFoundError:
-            return out
-        for p in prefixes:
-            try:
-                with os.scandir(self.layout.blobs / p) as it:
-                    for e in it:
-                        if len(e.name) == 64:
-                            st = e.stat(follow_symlinks=False)
-                            out[e.name] = (st.st_size, st.st_mtime)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-        return out
+        return {d: (st.st_size, st.st_mtime) for d, st in scan_blobs(self.layout.blobs)}
 
     def used(self) -> int:
         return sum(s for s, _ in self.digests().values())
@@ -155,16 +142,7 @@ class MemoryTier:
         view = self.root / "views" / name
         for f in files:
             where = view / f.path
-            target = os.path.relpath(self.path(f.digest), where.parent)
-            try:
-                if os.readlink(where) == target:
-                    continue
-            except OSError:
-                pass
-            where.parent.mkdir(parents=True, exist_ok=True)
-            tmp = where.with_name(f".{where.name}.{uuid.uuid4().hex[:8]}.tmp")
-            os.symlink(target, tmp)
-            os.replace(tmp, where)
+            link_atomic(os.path.relpath(self.path(f.digest), where.parent), where)
         return view
 
     def gc(self, cache: Cache) -> int:

@@ -26,7 +26,7 @@ from .index import FileEntry
 from .layout import Layout
 
 
-def _link(target: str, where: Path) -> None:
+def link_atomic(target: str, where: Path) -> None:
     """Make ``where`` a symlink to ``target`` unless it already is one."""
     try:
         if os.readlink(where) == target:
@@ -59,9 +59,9 @@ def hub_view(layout: Layout, repo_id: str, commit: str, files: Iterable[FileEntr
     for f in files:
         etag = f.etag or f.digest
         blob_rel = os.path.relpath(layout.blob(f.digest), repo / "blobs")
-        _link(blob_rel, repo / "blobs" / etag)
+        link_atomic(blob_rel, repo / "blobs" / etag)
         depth = f.path.count("/")
-        _link("../" * (depth + 2) + f"blobs/{etag}", snap / f.path)
+        link_atomic("../" * (depth + 2) + f"blobs/{etag}", snap / f.path)
     snap.mkdir(parents=True, exist_ok=True)
     for name, rev in (refs or {}).items():
         if name != commit:
@@ -75,7 +75,7 @@ def source_view(layout: Layout, source_key: str, revision: str, files: Iterable[
     safe = "".join(c if c.isalnum() or c in "-._" else "-" for c in loc.replace("/", "--"))[:200]
     snap = layout.snapshots / scheme / safe / revision.replace("/", "-").replace(":", "-")
     for f in files:
-        _link(os.path.relpath(layout.blob(f.digest), (snap / f.path).parent), snap / f.path)
+        link_atomic(os.path.relpath(layout.blob(f.digest), (snap / f.path).parent), snap / f.path)
     snap.mkdir(parents=True, exist_ok=True)
     return snap
 
@@ -129,7 +129,7 @@ def plain_view(layout: Layout, dest: Path, files: Iterable[FileEntry], *, mode: 
         blob = layout.blob(f.digest)
         where = dest / f.path
         if mode == "symlink":
-            _link(str(blob), where)
+            link_atomic(str(blob), where)
             made.pop(f.path, None)
             continue
         if where.exists() and not where.is_symlink():
