@@ -11,7 +11,6 @@ import dataclasses
 import fnmatch
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from .cache.index import FileEntry
@@ -115,22 +114,54 @@ def pull(ref: Ref, settings: Settings, opts: PullOptions, *, cache: Cache | None
 
 def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOptions, t0: float,
               source=None) -> Snapshot:
-    from .transfer import FileJob, Transfer
-
-    key = _key(ref)
     chosen = [f for f in listing.files if _selected(f.path, opts)]
     if opts.include and not chosen:
         raise NotFoundError(f"{ref}: no file matches --include {' '.join(opts.include)}; "
                             f"the model has: {', '.join(f.path for f in listing.files[:8])}")
+    # A source may put the files into the cache itself (local paths, OCI tar layers): (entries, bytes).
+    made = source.materialize(listing, chosen, cache, settings, opts) if source is not None else None
+    if made is not None:
+        entries, downloaded = {e.path: e for e in made[0]}, made[1]
+        files = list(entries.values())
+        _record(cache, _key(ref), listing.revision, entries)
+    else:
+        if settings.shared_dir is not None:  # the shared tier before the origin (cache/tiers.py)
+            from .cache.tiers import shared_fetch_many
+
+            shared_fetch_many(cache, settings.shared_dir, chosen)
+        entries, downloaded, held = _fetch(cache, ref, chosen, settings, opts)
+        try:  # the lease is held until the snapshot is recorded
+            files = [entries[f.path] for f in chosen]
+            _record(cache, _key(ref), listing.revision, entries)
+        finally:
+            held.release()
+    refs = {}
+    if ref.revision != listing.revision:
+        name = ref.revision or default_revision(ref.scheme)
+        cache.index.set_ref(_key(ref), name, listing.revision)
+        refs[name] = listing.revision
+    return _finish(cache, ref, listing.revision, files, opts, t0, downloaded, refs)
+
+
+def _record(cache: Cache, key: str, revision: str, entries: dict[str, FileEntry]) -> None:
+    """Record the union of what this revision has in the cache (include/exclude pull parts of it)."""
+    row = cache.snapshot(key, revision)
+    known = {f.path: f for f in cache.index.snapshot_files(row.id)} if row else {}
+    known.update(entries)
+    cache.index.add_snapshot(key, revision, known.values())
+
+
+def _fetch(cache: Cache, ref: Ref, chosen: list, settings: Settings, opts: PullOptions):
+    """Bring every chosen file into the blob store: from the cache when there, else through the
+    transfer engine. Returns ``({path: entry}, bytes downloaded, lease)``: the lease keeps the blobs
+    this pull reuses from a concurrent gc until the caller has recorded the snapshot."""
+    from .cache.leases import acquire as lease
+    from .transfer import FileJob, Transfer
+
     entries: dict[str, FileEntry] = {}
     jobs: list[FileJob] = []
     by_key: dict[str, list] = {}
-    # A source may put the files into the cache itself (local paths, OCI tar layers): (entries, bytes).
-    made = source.materialize(listing, chosen, cache, settings, opts) if source is not None else None
-    if made is None and settings.shared_dir is not None:  # the shared tier before the origin (cache/tiers.py)
-        from .cache.tiers import shared_fetch_many
-        shared_fetch_many(cache, settings.shared_dir, chosen)
-    for f in chosen if made is None else ():
+    for f in chosen:
         digest = f.sha256 or cache.digest_for_key(f.key)
         if digest and cache.store.has(digest, f.size):
             entries[f.path] = FileEntry(f.path, digest, cache.store.path(digest).stat().st_size, f.etag)
@@ -141,63 +172,44 @@ def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOpt
         by_key[f.key] = [f]
         jobs.append(FileJob(f.path, f.url, f.key, f.size, f.sha256, dict(f.headers), f.ranges, f.probe,
                             f.git_oid))
-    from .cache.leases import acquire as _lease  # a gc running meanwhile keeps the blobs this pull reuses
-    pull_lease = _lease(cache.layout, [e.digest for e in entries.values()], snapshots=[str(ref)])
+    held = lease(cache.layout, [e.digest for e in entries.values()], snapshots=[str(ref)])
+    if not jobs:
+        return entries, 0, held
 
-    downloaded = 0
-    if jobs:
-        need = sum(j.size or 0 for j in jobs)
-        cache.ensure_room(need, protect={e.digest for e in entries.values()})
+    def on_file(result) -> None:
+        digest = result.digest or (result.job.sha256 or "")
+        if result.path is not None:
+            cache.store.publish(result.path, digest)
+            if settings.shared_dir is not None:  # publish to the shared tier (cache/tiers.py)
+                from .cache.tiers import shared_publish, shared_publish_key
 
-        def on_file(result) -> None:
-            digest = result.digest or (result.job.sha256 or "")
-            if result.path is not None:
-                cache.store.publish(result.path, digest)
-                if settings.shared_dir is not None:  # publish to the shared tier (cache/tiers.py)
-                    from .cache.tiers import shared_publish, shared_publish_key
-                    if shared_publish(settings.shared_dir, cache.store.path(digest), digest) and not result.job.sha256:
-                        shared_publish_key(settings.shared_dir, result.job.key, digest)
-                cache.index.add_blob(digest, result.size)
-                if not result.job.sha256:
-                    cache.index.set_key(result.job.key, digest, result.size)
-            elif not digest:  # another process fetched it; it recorded the name
-                digest = cache.digest_for_key(result.job.key) or ""
-            if not cache.store.has(digest):
-                raise NotFoundError(f"{result.job.name}: another process's download vanished; pull again")
-            for f in by_key[result.job.key]:
-                entries[f.path] = FileEntry(f.path, digest, result.size or f.size or 0, f.etag)
+                if shared_publish(settings.shared_dir, cache.store.path(digest), digest) and not result.job.sha256:
+                    shared_publish_key(settings.shared_dir, result.job.key, digest)
+            cache.index.add_blob(digest, result.size)
+            if not result.job.sha256:
+                cache.index.set_key(result.job.key, digest, result.size)
+        elif not digest:  # another process fetched it; it recorded the name
+            digest = cache.digest_for_key(result.job.key) or ""
+        if not cache.store.has(digest):
+            raise NotFoundError(f"{result.job.name}: another process's download vanished; pull again")
+        for f in by_key[result.job.key]:
+            entries[f.path] = FileEntry(f.path, digest, result.size or f.size or 0, f.etag)
 
-        def is_done(job) -> bool:
-            digest = job.sha256 or cache.digest_for_key(job.key)
-            return bool(digest) and cache.store.has(digest, job.size)
+    def is_done(job) -> bool:
+        digest = job.sha256 or cache.digest_for_key(job.key)
+        return bool(digest) and cache.store.has(digest, job.size)
 
+    try:
+        cache.ensure_room(sum(j.size or 0 for j in jobs), protect={e.digest for e in entries.values()})
         engine = Transfer(
             cache.layout.tmp, cache.layout.locks,
             min_connections=settings.min_connections, max_connections=settings.max_connections,
             chunk_size=settings.chunk_size, progress=opts.progress, is_done=is_done,
         )
         stats = engine.run(jobs, on_file)
-        downloaded = stats.downloaded
-        log.info("%s: %d files, %.1f MB in %.2fs over up to %d connections", ref, stats.files,
-                 downloaded / 1e6, stats.seconds, stats.connections)
-
-    if made is not None:
-        entries, downloaded = {e.path: e for e in made[0]}, made[1]
-    # Record the union of what this revision has in the cache (include/exclude pull parts of it).
-    row = cache.snapshot(key, listing.revision)
-    known = {f.path: f for f in cache.index.snapshot_files(row.id)} if row else {}
-    known.update(entries)
-    cache.index.add_snapshot(key, listing.revision, known.values())
-    refs = {}
-    if ref.revision != listing.revision:
-        name = ref.revision or default_revision(ref.scheme)
-        cache.index.set_ref(key, name, listing.revision)
-        refs[name] = listing.revision
-    pull_lease.release()
-    files = list(entries.values()) if made is not None else [entries[f.path] for f in chosen]
-    return _finish(cache, ref, listing.revision, files, opts, t0, downloaded, refs)
-
-
-def pull_many(refs: Sequence[Ref], settings: Settings, opts: PullOptions) -> list[Snapshot]:
-    cache = Cache(settings.home, max_size=settings.max_size)
-    return [pull(r, settings, opts, cache=cache) for r in refs]
+    except BaseException:
+        held.release()
+        raise
+    log.info("%s: %d files, %.1f MB in %.2fs over up to %d connections", ref, stats.files,
+             stats.downloaded / 1e6, stats.seconds, stats.connections)
+    return entries, stats.downloaded, held
