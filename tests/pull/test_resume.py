@@ -21,6 +21,7 @@ SIZE = 32 * MiB
 # The origin counts a sendfile slice (tests/servers/shaping.py, UNSHAPED_SLICE) once it is fully sent;
 # a connection the client drops midway (the tail of a chunk another worker took) was partly sent.
 SENDFILE_SLICE = 4 * MiB  # so the lower bounds below allow one such slice
+IN_FLIGHT = 4 * 2 * MiB  # 4 connections (WARMSTART_MAX_CONNECTIONS below) x a loopback socket buffer
 SLACK = 8 * MiB  # the origin counts what it handed to the socket; a dropped stolen chunk overcounts
 
 
@@ -72,7 +73,9 @@ def test_resume_after_sigkill(ws_home, hub, cli_env, big_repo):
         snap = warmstart.pull(f"hf://{repo_id}")
     served = hub.counters.bytes_for("/blobs/*")
     assert SIZE - done - SENDFILE_SLICE <= served <= SIZE - done + SLACK, (done, served)
-    assert served_first + served <= SIZE + SLACK  # the whole file crossed the link about once
+    # the whole file crossed the link about once: beyond what was on disk, only what was in flight at
+    # the kill (in the killed client's socket buffers, up to one buffer per connection) was lost
+    assert served_first + served <= SIZE + SLACK + IN_FLIGHT
     assert snap.downloaded <= SIZE - done + SLACK and snap.from_cache >= done - SLACK
     assert (snap.path / "model.safetensors").read_bytes() == data
     assert watcher.bad == [] and digest in watcher.seen
