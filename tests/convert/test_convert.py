@@ -173,6 +173,15 @@ def test_cli_convert_and_ls_beside_source(ws_home: Path, hub, tmp_path: Path) ->
     # eviction treats the derived snapshot like any other: a tiny budget removes it (not pinned, not leased)
     plan = warmstart.cache().gc(max_size=1, dry_run=True)
     assert any("#derived" in a.what for a in plan.actions)
+    # and the cache commands name it as `ls` shows it
+    pin = subprocess.run([*cli, "pin", "hf://test-org/tiny-llama#derived"], env=env, capture_output=True, text=True)
+    assert pin.returncode == 0, pin.stderr
+    rm = subprocess.run([*cli, "rm", "hf://test-org/tiny-llama#derived"], env=env, capture_output=True, text=True)
+    assert rm.returncode == 0, rm.stderr
+    rows = {r.source for r in Index(ws_home / "index.db").snapshots()}
+    assert "hf://test-org/tiny-llama#derived" not in rows and "hf://test-org/tiny-llama" in rows
+    bad = subprocess.run([*cli, "rm", "hf://test-org/tiny-llama#derivedX"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and "SOURCE#derived" in bad.stderr
 
 
 def test_split_before_fuse_gives_each_rank_its_heads(home: Path, model_dir: Path) -> None:

@@ -95,8 +95,12 @@ class Manager(Cache):
         """The cached snapshots of ``ref`` (all of them, or the one its revision names); NotFoundError if none."""
         from ..refs import parse
 
-        r = parse(ref, revision=revision)
-        key = str(r.with_revision(None))
+        # `<source>#derived` names the converted snapshots of a source, as `ls` shows them
+        base, derived, tail = ref.partition("#derived")
+        if derived and tail and not tail.startswith("@"):
+            raise NotFoundError(f"{ref}: write a converted snapshot as SOURCE#derived[@KEY], as `warmstart ls` shows it")
+        r = parse(base + tail, revision=revision)
+        key = str(r.with_revision(None)) + derived
         rows = self.index.snapshots(key)
         if r.revision:
             rev = self.index.get_ref(key, r.revision) or r.revision
