@@ -53,6 +53,8 @@ def _cli_warm(ref: str, env: dict[str, str]) -> float:
 
 
 def _load(snap) -> tuple[int, int, float]:
+    import torch  # noqa: F401  (imported once, before timing: torch's own import is not a load)
+
     tensors, dt = _timed(lambda: warmstart.load(snap.path, populate=True))
     return len(tensors), sum(t.numel() * t.element_size() for t in tensors.values()), dt
 
