@@ -19,7 +19,7 @@ import http.client
 import socket
 import struct
 
-from .shaping import BODY_FAULTS, Link, OriginHandler, OriginServer, ServedOrigin
+from .shaping import Link, OriginHandler, OriginServer, ServedOrigin
 
 HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
        "content-length"}
@@ -90,14 +90,7 @@ class ProxyHandler(OriginHandler):
         """Stream an upstream body through the link, piece by piece, with the body faults of
         :meth:`OriginHandler.send_body` (offsets are body offsets)."""
         path = self.url_path
-        fault = self.server.faults.take(BODY_FAULTS, self.command, path)
-        limit = length
-        if fault is not None and fault.kind in ("reset", "truncate"):
-            limit = min(length, fault.after_bytes)
-        flip = None
-        if fault is not None and fault.kind == "corrupt":
-            at = min(fault.after_bytes, length - 1)
-            flip = (at, min(length, at + max(1, fault.nbytes)))
+        fault, limit, flip = self.body_fault(length)
         done = 0
         try:
             while done < limit:

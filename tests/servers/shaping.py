@@ -387,9 +387,9 @@ class OriginHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.send_body(source, start, length)
 
-    def send_body(self, source: Source, start: int, length: int) -> None:
-        path = self.url_path
-        fault = self.server.faults.take(BODY_FAULTS, self.command, path)
+    def body_fault(self, length: int) -> tuple[Fault | None, int, tuple[int, int] | None]:
+        """Take the body fault (if any) for this request: ``(fault, bytes to send, byte span to flip)``."""
+        fault = self.server.faults.take(BODY_FAULTS, self.command, self.url_path)
         limit = length
         if fault is not None and fault.kind in ("reset", "truncate"):
             limit = min(length, fault.after_bytes)
@@ -397,6 +397,11 @@ class OriginHandler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "corrupt":
             at = min(fault.after_bytes, length - 1)
             flip = (at, min(length, at + max(1, fault.nbytes)))
+        return fault, limit, flip
+
+    def send_body(self, source: Source, start: int, length: int) -> None:
+        path = self.url_path
+        fault, limit, flip = self.body_fault(length)
         try:
             self._stream(source, start, limit, path, flip)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):

@@ -69,6 +69,15 @@ def sha256_file(path: Path | str, *, start: int = 0, end: int | None = None, h=N
     return h
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to disk (before it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -103,11 +112,7 @@ class BlobStore:
         dest = self.layout.blob(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(tmp)
         os.chmod(tmp, 0o444)
         if dest.exists():
             os.unlink(tmp)  # someone else published the same content first

@@ -36,7 +36,7 @@ from .._io import start_writeback
 from ..errors import CacheFullError
 from . import leases
 from .layout import Layout, check_digest, scan_blobs
-from .store import _copy, cpu_count
+from .store import _copy, cpu_count, fsync_file
 from .views import link_atomic
 
 if TYPE_CHECKING:
@@ -320,11 +320,7 @@ def shared_publish(shared_dir: Path, blob_path: Path, digest: str) -> bool:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         _copy(Path(blob_path), tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(tmp)
         os.chmod(tmp, 0o444)
         os.replace(tmp, dest)
         return True
