@@ -217,11 +217,9 @@ def _plan_out(plan, as_json: bool, executed) -> None:
 @handle_errors
 def rm_cmd(ref: str, revision: str | None, dry_run: bool, as_json: bool) -> None:
     """Remove a cached model; refuses (naming the process) while one holds it."""
-    from .cache import evict
-
     m = _manager()
-    plan = evict.plan_remove(m, m.find(ref, revision))
-    _plan_out(plan, as_json, None if dry_run else plan.execute())
+    plan = m.plan_rm(ref, revision)
+    _plan_out(plan, as_json, None if dry_run else m.carry_out(plan))
 
 
 @main.command("gc")
@@ -233,12 +231,7 @@ def gc_cmd(max_size: str | None, dry_run: bool, as_json: bool) -> None:
     """Remove orphan blobs, stale partial downloads and stale leases; prints its plan, then carries it out."""
     m = _manager()
     plan = m.plan_gc(max_size)
-    result = None
-    if not dry_run:
-        result = plan.execute()
-        if m.memory is not None:
-            m.memory.gc(m)
-    _plan_out(plan, as_json, result)
+    _plan_out(plan, as_json, None if dry_run else m.carry_out(plan))
 
 
 @main.command("verify")

@@ -158,10 +158,15 @@ class Manager(Cache):
         return out
 
     # -- rm / gc -------------------------------------------------------------------------------
+    def plan_rm(self, ref: str, revision: str | None = None) -> evict.Plan:
+        """What removing a model (every cached revision, or one) would do; InUseError names the
+        processes holding it."""
+        return evict.plan_remove(self, self.find(ref, revision))
+
     def rm(self, ref: str, revision: str | None = None, *, dry_run: bool = False) -> evict.Plan | evict.Result:
         """Remove a model (every cached revision, or one); InUseError names the processes holding it."""
-        plan = evict.plan_remove(self, self.find(ref, revision))
-        return plan if dry_run else plan.execute()
+        plan = self.plan_rm(ref, revision)
+        return plan if dry_run else self.carry_out(plan)
 
     def plan_gc(self, max_size: int | str | None = None) -> evict.Plan:
         budget = parse_size(max_size) if max_size is not None else self.max_size
@@ -170,8 +175,10 @@ class Manager(Cache):
     def gc(self, max_size: int | str | None = None, *, dry_run: bool = False) -> evict.Plan | evict.Result:
         """Remove orphan blobs, stale partial files and stale leases; with a budget, LRU snapshots too."""
         plan = self.plan_gc(max_size)
-        if dry_run:
-            return plan
+        return plan if dry_run else self.carry_out(plan)
+
+    def carry_out(self, plan: evict.Plan) -> evict.Result:
+        """Execute a plan, then let the RAM tier drop what no snapshot names any more."""
         result = plan.execute()
         if self.memory is not None:
             self.memory.gc(self)
