@@ -23,7 +23,7 @@ from ..errors import ConfigError, NotFoundError
 from . import evict, leases
 from .index import SnapshotRow
 from .manager import Cache
-from .store import cpu_count, sha256_file
+from .store import cpu_count, sha256_blob
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class Manager(Cache):
     def verify(self, ref: str | None = None, revision: str | None = None, *, repair: bool = False,
                workers: int | None = None) -> VerifyReport:
         """Re-hash blobs: different blobs in parallel, one thread per CPU (hashlib releases the GIL; sha256
-        of one blob cannot be split), each reading with big preads into its own reused buffer. Corrupt
+        of one blob cannot be split), each hashing its blob through a read-only mapping (no copy). Corrupt
         blobs are moved to ``quarantine/``; with ``repair`` their snapshots are pulled again."""
         t0 = time.monotonic()
         rows = self.find(ref, revision) if ref else self.index.snapshots()
@@ -216,7 +216,7 @@ class Manager(Cache):
                 size = p.stat().st_size
             except FileNotFoundError:
                 return d, "missing", 0
-            return d, "ok" if sha256_file(p).hexdigest() == d else "corrupt", size
+            return d, "ok" if sha256_blob(p) == d else "corrupt", size
 
         order = sorted(digests, key=lambda d: -digests[d])  # big ones first: the pool ends together
         with cf.ThreadPoolExecutor(workers) as pool:
