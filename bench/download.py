@@ -37,6 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from tests.servers.process import stop_child  # noqa: E402
+
 LLAMA_ID = "test-org/llama"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 BIN = Path(sys.executable).parent
@@ -98,12 +100,7 @@ class Origin:
         return json.loads(self.proc.stdout.readline())
 
     def close(self) -> None:
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_child(self.proc)
 
     def __enter__(self) -> Origin:
         return self

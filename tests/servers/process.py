@@ -60,14 +60,19 @@ class HubProcess:
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None:
-            if self.proc.stdin:
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_child(self.proc)
             self.proc = None
+
+
+def stop_child(proc: subprocess.Popen) -> None:
+    """Stop a server child that serves until its stdin closes; kill it if it lingers."""
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class ServerProcess:

@@ -16,8 +16,6 @@ Example::
 from __future__ import annotations
 
 import http.client
-import socket
-import struct
 
 from .shaping import Link, OriginHandler, OriginServer, ServedOrigin
 
@@ -106,13 +104,7 @@ class ProxyHandler(OriginHandler):
             return
         if done < length:
             self._drop_upstream()  # body left unread upstream
-        if fault is not None and fault.kind == "reset":
-            self.close_connection = True
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.rfile.close()
-            self.connection.close()
-        elif fault is not None and fault.kind == "truncate":
-            self.close_connection = True
+        self.end_body_fault(fault)
 
     def _drop_upstream(self) -> None:
         if self._up is not None:

@@ -407,6 +407,10 @@ class OriginHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
             return
+        self.end_body_fault(fault)
+
+    def end_body_fault(self, fault: Fault | None) -> None:
+        """After a cut-short body: ``reset`` sends an RST (SO_LINGER 0), ``truncate`` a plain close."""
         if fault is not None and fault.kind == "reset":
             self.close_connection = True
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
