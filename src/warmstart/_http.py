@@ -19,13 +19,25 @@ import urllib.parse
 USER_AGENT = "warmstart/0.1"
 
 _ssl_context: ssl.SSLContext | None = None
+#: (scheme, host:port) -> the TLS context of a CA bundle configured for that host (AWS_CA_BUNDLE for S3)
+_host_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
 
 
-def _context() -> ssl.SSLContext:
+def _context(key: tuple[str, str] | None = None) -> ssl.SSLContext:
     global _ssl_context
+    if key is not None and key in _host_contexts:
+        return _host_contexts[key]
     if _ssl_context is None:
         _ssl_context = ssl.create_default_context()
     return _ssl_context
+
+
+def trust_ca_bundle(url: str, cafile: str) -> None:
+    """Verify HTTPS connections to ``url``'s host with the certificates in ``cafile`` only (instead of the
+    system's), as boto3 does with AWS_CA_BUNDLE. Raises OSError or ssl.SSLError for an unreadable file."""
+    key = host_key(url)
+    if key[0] == "https" and key not in _host_contexts:
+        _host_contexts[key] = ssl.create_default_context(cafile=cafile)
 
 
 class HTTPStatusError(Exception):
@@ -73,7 +85,7 @@ class Client:
         conn = self._conns.get(key)
         if conn is None:
             if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=_context())
+                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=_context(key))
             elif scheme == "http":
                 conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
             else:

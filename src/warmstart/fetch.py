@@ -107,7 +107,8 @@ def pull(ref: Ref, settings: Settings, opts: PullOptions, *, cache: Cache | None
     except OriginUnreachable as exc:
         snap = from_cache(cache, ref, opts, t0, notice=f"{exc}")
         if snap is None:
-            raise OfflineError(f"{exc}, and {ref} is not in the cache; check the network or HF_ENDPOINT") from None
+            hint = "check the network or HF_ENDPOINT" if ref.scheme == "hf" else "check the network"
+            raise OfflineError(f"{exc}, and {ref} is not in the cache; {hint}") from None
         return snap
     return _download(cache, ref, listing, settings, opts, t0, source)
 

@@ -1,0 +1,198 @@
+"""The standard-library S3 client (``sources/s3api.py``): signatures against AWS's published example and
+against botocore, the choice between it and boto3, and its calls against moto's server."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+
+import pytest
+
+import warmstart
+from warmstart.errors import NotFoundError, OfflineError
+from warmstart.sources import s3api
+
+from ..conformance.conftest import s3_env, uid
+
+T0 = datetime.datetime(2026, 11, 21, 15, 4, 5, tzinfo=datetime.timezone.utc)
+
+
+def test_presign_matches_the_aws_documentation_example():
+    """The presigned-URL example of AWS's "Authenticating Requests: Using Query Parameters" page."""
+    creds = s3api.Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    url = s3api.presign("GET", "https://examplebucket.s3.amazonaws.com/test.txt", {}, creds, "us-east-1", 86400,
+                        now=datetime.datetime(2013, 5, 24, tzinfo=datetime.timezone.utc))
+    assert url.startswith("https://examplebucket.s3.amazonaws.com/test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                          "&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request"
+                          "&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host")
+    assert url.endswith("&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404")
+
+
+@pytest.mark.parametrize("endpoint,region,bucket", [
+    ("http://127.0.0.1:9000", "us-east-1", "models"),
+    ("https://minio.example:9443/", "eu-west-3", "my-models"),
+    (None, "eu-central-1", "my-models"),
+    (None, "us-west-2", "dotted.bucket.name"),
+])
+@pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEBY+token/=="])
+def test_presign_agrees_with_botocore(monkeypatch, endpoint, region, bucket, token):
+    pytest.importorskip("boto3")
+    import boto3
+    import botocore.auth
+    from botocore.config import Config
+
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: T0.replace(tzinfo=None))
+    config = s3api.Config(s3api.Credentials("AKIDEXAMPLE", "wJalr/K7MDENG+bPxRfiCY", token), region,
+                          endpoint.rstrip("/") if endpoint else None)
+    # On AWS, botocore presigns for the legacy global host (BUCKET.s3.amazonaws.com, which may redirect);
+    # s3api uses the regional one. Point botocore at the same host to compare the signatures.
+    style = "path" if endpoint or "." in bucket else "virtual"
+    client = boto3.session.Session().client(
+        "s3", region_name=region, endpoint_url=endpoint or f"https://s3.{region}.amazonaws.com",
+        aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="wJalr/K7MDENG+bPxRfiCY", aws_session_token=token,
+        config=Config(signature_version="s3v4", s3={"addressing_style": style}))
+    for key, version in (("w/model.safetensors", None), ("a b/c+d~e=f&g.bin", None), ("ünï/cödé", "3HL4kqtJl"),
+                         ("x/../y/%2F", None)):
+        params = {"Bucket": bucket, "Key": key} | ({"VersionId": version} if version else {})
+        theirs = client.generate_presigned_url("get_object", Params=params, ExpiresIn=3600)
+        ours = s3api.presign("GET", config.url(bucket, key), {"versionId": version} if version else {},
+                             config.credentials, region, 3600, now=T0)
+        a, b = urllib.parse.urlsplit(theirs), urllib.parse.urlsplit(ours)
+        assert (a.scheme, a.netloc, a.path) == (b.scheme, b.netloc, b.path), (theirs, ours)
+        assert urllib.parse.parse_qs(a.query) == urllib.parse.parse_qs(b.query), (theirs, ours)
+
+
+def _env(tmp_path, **extra):
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "eu-west-1",
+           "AWS_CONFIG_FILE": str(tmp_path / "config")}
+    env.update(extra)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def test_choice_between_the_builtin_client_and_boto3(tmp_path):
+    config, why = s3api.config_from_env(_env(tmp_path))
+    assert config == s3api.Config(s3api.Credentials("k", "s"), "eu-west-1") and not why
+    config, _ = s3api.config_from_env(_env(tmp_path, AWS_REGION=None, AWS_ENDPOINT_URL="http://127.0.0.1:1",
+                                           AWS_ENDPOINT_URL_S3="http://127.0.0.1:2", AWS_SESSION_TOKEN="t"))
+    assert config.endpoint == "http://127.0.0.1:2" and config.region == "us-east-1" and config.credentials.token == "t"
+    # everything the built-in client does not implement goes to boto3, with the reason
+    for extra, reason in ((dict(AWS_ACCESS_KEY_ID=None), "no static keys"),
+                          (dict(AWS_REGION=None), "no region"),
+                          (dict(WARMSTART_S3_CLIENT="boto3"), "WARMSTART_S3_CLIENT"),
+                          (dict(AWS_USE_FIPS_ENDPOINT="true"), "AWS_USE_FIPS_ENDPOINT"),
+                          (dict(AWS_ENDPOINT_URL="ftp://x"), "not an http")):
+        config, why = s3api.config_from_env(_env(tmp_path, **extra))
+        assert config is None and reason in why
+    # the config file: a region is read, anything else (an endpoint, a role, an s3 section) means boto3
+    (tmp_path / "config").write_text("[default]\nregion = ap-south-1\noutput = json\n"
+                                     "[profile role]\nrole_arn = arn:aws:iam::1:role/r\nsource_profile = default\n"
+                                     "[profile minio]\nendpoint_url = http://127.0.0.1:9000\n")
+    config, _ = s3api.config_from_env(_env(tmp_path, AWS_REGION=None))
+    assert config.region == "ap-south-1"
+    for profile in ("role", "minio", "missing"):
+        config, why = s3api.config_from_env(_env(tmp_path, AWS_PROFILE=profile))
+        assert config is None and "config file" in why
+
+
+def test_object_urls(tmp_path):
+    creds = s3api.Credentials("k", "s")
+    assert s3api.Config(creds, "eu-west-1").url("my-models", "a b/c") == \
+        "https://my-models.s3.eu-west-1.amazonaws.com/a%20b/c"
+    assert s3api.Config(creds, "cn-north-1").url("Upper_Case", "k") == \
+        "https://s3.cn-north-1.amazonaws.com.cn/Upper_Case/k"
+    assert s3api.Config(creds, "us-east-1", "http://127.0.0.1:9000/").url("my-models", "x") == \
+        "http://127.0.0.1:9000/my-models/x"
+
+
+@pytest.fixture
+def s3(s3_bucket, moto_proxy, monkeypatch, home):
+    moto_proxy.reset()
+    for k, v in s3_env(moto_proxy.endpoint).items():
+        monkeypatch.setenv(k, v)
+    yield s3_bucket
+    moto_proxy.reset()
+
+
+def test_listing_agrees_with_boto3_across_pages(s3, moto_proxy):
+    prefix = uid()
+    keys = [f"{prefix}/{name}" for name in ("a b.bin", "c+d.bin", "ünï/cöde.json", "e&f<g>.txt", "z%2F.bin")]
+    for i, key in enumerate(keys):
+        s3.put_object(Bucket="models", Key=key, Body=b"x" * (i + 1))
+    config, why = s3api.config_from_env()
+    assert config is not None, why
+    api = s3api.Api(config)
+    moto_proxy.counters.reset()
+    ours = api.list_v2("models", prefix + "/", page_size=2)
+    assert moto_proxy.counters.requests_for("*") == 3  # 5 objects, 2 per page
+    theirs = s3.list_objects_v2(Bucket="models", Prefix=prefix + "/")["Contents"]
+    assert [(o["Key"], o["Size"], o["ETag"]) for o in ours] == [(o["Key"], o["Size"], o["ETag"]) for o in theirs]
+    etags = {o["Key"]: o["ETag"] for o in theirs}
+    head = api.head("models", keys[1])
+    assert (head["Key"], head["Size"], head["ETag"]) == (keys[1], 2, etags[keys[1]])
+    assert api.head("models", f"{prefix}/nothing") is None
+    with pytest.raises(s3api.S3Error) as err:
+        api.list_v2("no-such-bucket", "")
+    assert err.value.status == 404 and err.value.code == "NoSuchBucket"
+    api.close()
+
+
+def test_listing_retries_slowdown_then_gives_a_clear_error(s3, moto_proxy):
+    prefix = uid()
+    s3.put_object(Bucket="models", Key=f"{prefix}/a.bin", Body=b"a")
+    sleeps: list[float] = []
+    api = s3api.Api(s3api.config_from_env()[0], sleep=sleeps.append)
+    moto_proxy.faults.add("status5xx", path_glob="/models*", status=503, times=2, method="GET")
+    assert [o["Size"] for o in api.list_v2("models", prefix + "/")] == [1] and len(sleeps) == 2
+    moto_proxy.faults.add("status5xx", path_glob="/models*", status=503, times=None, method="GET")
+    with pytest.raises(s3api.S3Error) as err:
+        api.list_v2("models", prefix + "/")
+    assert err.value.status == 503 and len(sleeps) == 2 + s3api.MAX_ATTEMPTS - 1
+
+
+def test_unreachable_endpoint_is_an_offline_error(monkeypatch, home, tmp_path):
+    for k, v in s3_env("http://127.0.0.1:9").items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(OfflineError, match=r"^the S3 endpoint http://127.0.0.1:9 is unreachable .* not in the cache"):
+        warmstart.pull("s3://models/x")
+
+
+@pytest.mark.parametrize("client", ["auto", "boto3"])
+def test_pull_through_either_client(s3, moto_proxy, monkeypatch, home, client):
+    """The same prefix pulls to the same revision and bytes through either client; a single object named
+    by the prefix works too; a missing bucket is not found."""
+    monkeypatch.setenv("WARMSTART_S3_CLIENT", client)
+    prefix = f"either-{client}"
+    s3.put_object(Bucket="models", Key=f"{prefix}/a b.bin", Body=b"1" * 3000)
+    s3.put_object(Bucket="models", Key=f"{prefix}/sub/c.json", Body=b"{}")
+    snap = warmstart.pull(f"s3://models/{prefix}")
+    assert sorted((f.path, f.blob.read_bytes()[:4]) for f in snap.files) == [("a b.bin", b"1111"),
+                                                                            ("sub/c.json", b"{}")]
+    single = warmstart.pull(f"s3://models/{prefix}/sub/c.json")
+    assert [f.path for f in single.files] == ["c.json"]
+    with pytest.raises(NotFoundError, match="does not exist"):
+        warmstart.pull("s3://no-such-bucket/x")
+
+
+def test_revision_is_the_same_through_either_client(s3, moto_proxy, monkeypatch, home):
+    prefix = uid()
+    s3.put_object(Bucket="models", Key=f"{prefix}/w.bin", Body=os.urandom(5000))
+    revisions = []
+    for client in ("auto", "boto3"):
+        monkeypatch.setenv("WARMSTART_S3_CLIENT", client)
+        revisions.append(warmstart.pull(f"s3://models/{prefix}").revision)
+    assert revisions[0] == revisions[1]
+
+
+def test_cli_pull_with_keys_in_the_environment_does_not_import_boto3(s3, moto_proxy, home):
+    prefix = uid()
+    s3.put_object(Bucket="models", Key=f"{prefix}/w.bin", Body=b"w" * 10000)
+    code = ("import sys, warmstart; s = warmstart.pull(sys.argv[1]); "
+            "print(__import__('json').dumps([s.files[0].size, 'boto3' in sys.modules, 'botocore' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code, f"s3://models/{prefix}"], capture_output=True, text=True,
+                         env=os.environ | {"WARMSTART_HOME": str(home)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [10000, False, False]
