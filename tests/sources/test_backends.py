@@ -140,3 +140,13 @@ def test_local_in_place_indexes_without_copying(home, tmp_path):
     assert blob.is_symlink() and blob.resolve() == (src / "w.bin").resolve()
     assert (snap.path / "w.bin").read_bytes() == b"w" * 10000
     assert parse(f"file://{src}").scheme == "file"
+
+
+def test_local_import_of_a_directory_holding_the_cache_home(home, tmp_path):
+    """Pulling a directory that contains WARMSTART_HOME imports the files around it, not the cache."""
+    (tmp_path / "w.bin").write_bytes(b"w" * 5000)
+    warmstart.pull(str(tmp_path / "w.bin"))  # the home now exists under tmp_path, with a blob in it
+    snap = warmstart.pull(str(tmp_path))
+    assert [f.path for f in snap.files] == ["w.bin"]
+    again = warmstart.pull(str(tmp_path))
+    assert again.revision == snap.revision

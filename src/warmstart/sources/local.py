@@ -51,7 +51,7 @@ class LocalSource(Source):
         except FileNotFoundError:
             raise NotFoundError(f"{ref}: no such file or directory; check the path (or the mount)") from None
         if root.is_dir():
-            found = list(_walk(root))
+            found = list(_walk(root, self._own_dirs(root)))
             if not found:
                 raise NotFoundError(f"{ref}: the directory holds no files")
         else:
@@ -63,6 +63,14 @@ class LocalSource(Source):
             h.update(f"{rel}\0{tag}\n".encode())
             files.append(RemoteFile(safe_relpath(rel), fst.st_size, path.as_uri(), etag=tag, ranges=False))
         return Listing(ref, h.hexdigest()[:40], tuple(files))
+
+    def _own_dirs(self, root: Path) -> set[str]:
+        """warmstart's own directories (cache home, tiers) that lie under ``root``: never imported, or
+        the import would copy the cache into itself while it writes there."""
+        top = os.path.realpath(root)
+        s = self.settings
+        dirs = [s.home, s.memory_dir, s.shared_dir] if s is not None else []
+        return {d for d in (os.path.realpath(x) for x in dirs if x) if d.startswith(top + os.sep)}
 
     def materialize(self, listing, files, cache, settings, opts):
         """Import (or index in place) ``files``; see the module docstring."""
@@ -103,9 +111,10 @@ def _key(f: RemoteFile, in_place: bool) -> str:
     return ("inplace-" if in_place else "") + f.key
 
 
-def _walk(root: Path):
+def _walk(root: Path, skip: set[str] = frozenset()):
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS
+                             and not (skip and os.path.realpath(os.path.join(dirpath, d)) in skip))
         for name in filenames:
             path = Path(dirpath) / name
             try:
