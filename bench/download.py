@@ -37,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from bench._install import compile_package  # noqa: E402
 from tests.servers.process import stop_child  # noqa: E402
 
 LLAMA_ID = "test-org/llama"
@@ -440,6 +441,7 @@ def main() -> None:
     ap.add_argument("--rss-size", default=None, help="also measure peak RSS of a pull this big, e.g. 10G")
     ap.add_argument("--rss-reps", type=int, default=1)
     args = ap.parse_args()
+    compile_package()  # as an installed warmstart runs (bench/_install.py)
     if shutil.which("aria2c") is None:
         print("# aria2c not found (apt-get install aria2): its rows will be errors", file=sys.stderr)
     data_dir = Path(args.data_dir)

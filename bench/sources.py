@@ -43,6 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from bench._install import compile_package  # noqa: E402
 from tests.servers.process import MotoProcess, ProxyProcess  # noqa: E402
 from tests.servers.registry import DistributionRegistry, push_modelpack  # noqa: E402
 
@@ -358,6 +359,7 @@ def main() -> None:
     ap.add_argument("--only", default="s3,oci", help="s3, oci or both")
     ap.add_argument("--skip-origin-limit", action="store_true")
     args = ap.parse_args()
+    compile_package()  # as an installed warmstart runs (bench/_install.py)
     size = parse_size(args.size) or 0
     link = (float(parse_size(args.per_conn) or 0) or None, float(parse_size(args.total) or 0),
             args.latency_ms / 1000)
