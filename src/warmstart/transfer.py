@@ -512,6 +512,7 @@ class Transfer:
         # follow(): a file's first requests go through the Hub's 302 (no HEAD round trips before the
         # first byte); later ones go straight to where it pointed.
         got_url, resp = client.follow("GET", url, headers)
+        t_head = time.monotonic()
         if got_url != url:
             with self._cv:
                 if f.url == url:
@@ -537,7 +538,6 @@ class Transfer:
             with self._cv:
                 self._receiving.add(me)
         pos = start
-        t_first: float | None = None
         try:
             while True:
                 with self._cv:
@@ -549,8 +549,6 @@ class Transfer:
                 n = resp.readinto(buf[: min(BUFFER, end - pos)])
                 if not n:
                     raise _TruncatedError(f"body ended at byte {pos}, expected {end}")
-                if t_first is None:
-                    t_first = time.monotonic()
                 os.pwrite(f.fd, buf[:n], pos)
                 with self._cv:  # at the hash frontier: hash from memory, no read-back later
                     live = f.hashed == pos and not f.hash_busy and not f.finished
@@ -573,8 +571,7 @@ class Transfer:
         if pos < span[2] or resp.length:
             client.drop(f.url)  # unread body left (stolen tail, or stopping)
         if pos >= span[2]:
-            if t_first is not None:
-                self._observe(t_first - t_sent, pos - start, time.monotonic() - t_first)
+            self._observe(t_head - t_sent, pos - start, time.monotonic() - t_head)
             self._chunk_done(f, span)
 
     def _observe(self, ttfb: float, nbytes: int, seconds: float) -> None:

@@ -196,3 +196,54 @@ def test_cli_pull_with_keys_in_the_environment_does_not_import_boto3(s3, moto_pr
                          env=os.environ | {"WARMSTART_HOME": str(home)}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [10000, False, False]
+
+
+class _RegionStub:
+    """An S3 endpoint for a bucket in eu-west-1: requests signed for another region get a 301 with
+    ``x-amz-bucket-region``, as S3 answers them; ``always`` answers every request so."""
+
+    LISTING = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/'
+               b'2006-03-01/"><IsTruncated>false</IsTruncated><Contents><Key>p/w.bin</Key><Size>7</Size>'
+               b'<ETag>"e"</ETag></Contents></ListBucketResult>')
+
+    def __init__(self, always: bool = False) -> None:
+        import http.server
+        import threading
+
+        stub = self
+        self.requests: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                stub.requests.append(self.path)
+                if always or "%2Feu-west-1%2F" not in self.path:
+                    body = b"<Error><Code>PermanentRedirect</Code><Message>use eu-west-1</Message></Error>"
+                    self.send_response(301)
+                    self.send_header("x-amz-bucket-region", "eu-west-1")
+                else:
+                    body = stub.LISTING
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_bucket_in_another_region_is_followed_once():
+    stub = _RegionStub()
+    api = s3api.Api(s3api.Config(s3api.Credentials("k", "s"), "us-east-1", stub.endpoint))
+    assert [o["Key"] for o in api.list_v2("b", "p/")] == ["p/w.bin"] and len(stub.requests) == 2
+    assert api.config.region == "eu-west-1" and "%2Feu-west-1%2Fs3%2F" in api.presign_get("b", "p/w.bin", 60)
+    stub.server.shutdown()
+    looping = _RegionStub(always=True)
+    api = s3api.Api(s3api.Config(s3api.Credentials("k", "s"), "us-east-1", looping.endpoint), sleep=lambda s: None)
+    with pytest.raises(s3api.S3Error) as err:
+        api.list_v2("b", "p/")
+    assert err.value.status == 301 and err.value.code == "PermanentRedirect" and len(looping.requests) == 2
+    looping.server.shutdown()

@@ -97,7 +97,10 @@ class S3Source(Source):
 
             cfg = Config(retries={"max_attempts": 6, "mode": "standard"}, connect_timeout=10, read_timeout=60,
                          signature_version="s3v4")
-            self._client_obj = boto3.session.Session().client("s3", config=cfg)
+            # AWS_REGION (the AWS SDKs' standard variable) as s3api reads it; botocore reads only
+            # AWS_DEFAULT_REGION and the config file
+            region = os.environ.get("AWS_REGION") or None
+            self._client_obj = boto3.session.Session().client("s3", config=cfg, region_name=region)
         return self._client_obj
 
     def resolve(self, ref: Ref) -> Listing:

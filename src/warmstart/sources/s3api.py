@@ -223,6 +223,7 @@ class Api:
 
     def _call(self, method: str, bucket: str, key: str, query: dict[str, str]):
         """The body (GET) or the headers (HEAD) of a 2xx answer; S3Error otherwise."""
+        redirected = False
         for attempt in range(MAX_ATTEMPTS):
             url = presign(method, self.config.url(bucket, key), query, self.config.credentials,
                           self.config.region, 900)
@@ -240,6 +241,13 @@ class Api:
                 if 200 <= resp.status < 300:
                     return body if method != "HEAD" else _http.headers_of(resp)
                 error = _parse_error(resp.status, body)
+                region = resp.getheader("x-amz-bucket-region")
+                if region and region != self.config.region and not redirected and resp.status in (301, 400, 403):
+                    # the bucket lives in another region (PermanentRedirect, AuthorizationQueryParametersError):
+                    # sign for that one, as boto3 does; the download URLs are presigned for it too
+                    self.config = dataclasses.replace(self.config, region=region)
+                    redirected = True
+                    continue
                 if not (resp.status >= 500 or resp.status == 429 or error.code in _RETRY_CODES):
                     raise error
                 if attempt == MAX_ATTEMPTS - 1:
