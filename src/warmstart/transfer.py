@@ -396,9 +396,11 @@ class Transfer:
 
     def _steal(self) -> tuple | None:
         # Splitting L bytes in flight ends them after ttfb + L/2r instead of L/r (r: one connection's
-        # rate), which is sooner when L > 2 r ttfb: about 1 MB at 20 MB/s and 25 ms.
-        threshold = 4 * MiB if self._conn_bps is None else max(MIN_CHUNK, 2 * self._conn_bps * self._ttfb_s)
-        best, best_left = None, int(threshold)
+        # rate), which is sooner when L > 2 r ttfb: about 1 MB at 20 MB/s and 25 ms. The split point
+        # stays beyond the victim's read in progress (up to BUFFER bytes from its position), or those
+        # bytes would come twice.
+        threshold = 4 * MiB if self._conn_bps is None else 2 * self._conn_bps * self._ttfb_s
+        best, best_left = None, int(max(2 * BUFFER, threshold))
         for f in self._files:
             for span in f.inflight:
                 left = span[2] - span[1]
@@ -407,7 +409,7 @@ class Transfer:
         if best is None:
             return None
         f, span = best
-        mid = span[1] + (best_left // 2) // 65536 * 65536
+        mid = span[1] + max(BUFFER, (best_left // 2) // 65536 * 65536)
         new = [mid, mid, span[2]]
         span[2] = mid
         f.inflight.append(new)
