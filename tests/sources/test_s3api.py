@@ -247,3 +247,49 @@ def test_bucket_in_another_region_is_followed_once():
         api.list_v2("b", "p/")
     assert err.value.status == 301 and err.value.code == "PermanentRedirect" and len(looping.requests) == 2
     looping.server.shutdown()
+
+
+class _ErrorStub(_RegionStub):
+    """An S3 endpoint that answers every request with one error."""
+
+    def __init__(self, status: int, code: str) -> None:
+        import http.server
+        import threading
+
+        stub = self
+        self.requests = []
+        body = f"<Error><Code>{code}</Code><Message>from the stub</Message></Error>".encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                stub.requests.append(self.path)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("status,code,error,match,attempts", [
+    (403, "InvalidAccessKeyId", "GatedRepoError", r"access denied \(InvalidAccessKeyId\); check the AWS credentials", 1),
+    (403, "SignatureDoesNotMatch", "GatedRepoError", r"access denied \(SignatureDoesNotMatch\)", 1),
+    (503, "SlowDown", "TransferError", r"kept throttling or failing \(SlowDown\) after retries", s3api.MAX_ATTEMPTS),
+    (404, "NoSuchBucket", "NotFoundError", r"bucket 'models' does not exist", 1),
+])
+def test_error_answers_are_one_line_errors(monkeypatch, home, status, code, error, match, attempts):
+    from warmstart import errors
+
+    stub = _ErrorStub(status, code)
+    for k, v in s3_env(stub.endpoint).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(s3api, "BACKOFF_S", 0.001)
+    with pytest.raises(getattr(errors, error), match=match) as err:
+        warmstart.pull("s3://models/m")
+    assert "\n" not in str(err.value) and len(stub.requests) == attempts
+    stub.server.shutdown()

@@ -49,6 +49,7 @@ _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _RETRY_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
                 "ThrottlingException", "RequestLimitExceeded"}
 MAX_ATTEMPTS = 6
+BACKOFF_S = 0.1  #: first retry delay; doubled per attempt (up to 5 s), with jitter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +253,7 @@ class Api:
                     raise error
                 if attempt == MAX_ATTEMPTS - 1:
                     raise error
-            self._sleep(min(0.1 * 2 ** attempt, 5.0) * random.uniform(0.5, 1.0))
+            self._sleep(min(BACKOFF_S * 2 ** attempt, 5.0) * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")
 
 
