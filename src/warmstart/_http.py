@@ -34,10 +34,15 @@ def _context(key: tuple[str, str] | None = None) -> ssl.SSLContext:
 
 def trust_ca_bundle(url: str, cafile: str) -> None:
     """Verify HTTPS connections to ``url``'s host with the certificates in ``cafile`` only (instead of the
-    system's), as boto3 does with AWS_CA_BUNDLE. Raises OSError or ssl.SSLError for an unreadable file."""
+    system's), as boto3 does with AWS_CA_BUNDLE. A file that cannot be loaded is a ConfigError."""
     key = host_key(url)
     if key[0] == "https" and key not in _host_contexts:
-        _host_contexts[key] = ssl.create_default_context(cafile=cafile)
+        try:
+            _host_contexts[key] = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            from .errors import ConfigError
+
+            raise ConfigError(f"cannot load the CA bundle {cafile} ({exc}); fix or unset AWS_CA_BUNDLE") from None
 
 
 class HTTPStatusError(Exception):

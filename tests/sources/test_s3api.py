@@ -293,3 +293,58 @@ def test_error_answers_are_one_line_errors(monkeypatch, home, status, code, erro
         warmstart.pull("s3://models/m")
     assert "\n" not in str(err.value) and len(stub.requests) == attempts
     stub.server.shutdown()
+
+
+def test_a_ca_bundle_that_cannot_be_loaded_is_a_clear_error(tmp_path):
+    from warmstart import _http
+    from warmstart.errors import ConfigError
+
+    bad = tmp_path / "bundle.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"cannot load the CA bundle .*bundle.pem .*AWS_CA_BUNDLE"):
+        _http.trust_ca_bundle("https://models.s3.eu-west-1.amazonaws.com/x", str(bad))
+    _http.trust_ca_bundle("http://127.0.0.1:9/x", str(bad))  # plain HTTP: nothing to verify
+
+
+def test_ca_bundle_verifies_https_to_that_host(tmp_path):
+    """A self-signed endpoint (a private MinIO): refused with the system's CAs, served once its
+    certificate is the host's bundle (what AWS_CA_BUNDLE does for the listing and the downloads)."""
+    import http.server
+    import shutil
+    import ssl
+    import threading
+
+    from warmstart import _http
+
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_port}/bucket/key"
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _http.Client(timeout=5).request("GET", url)
+        _http.trust_ca_bundle(url, str(cert))
+        resp = _http.Client(timeout=5).request("GET", url)
+        assert resp.status == 200 and resp.read() == b"ok"
+    finally:
+        server.shutdown()
+        _http._host_contexts.pop(_http.host_key(url), None)
