@@ -69,9 +69,11 @@ class Ref:
 
     @property
     def pinned(self) -> bool:
-        """True when the revision names an immutable commit (no metadata request needed)."""
+        """True when the revision names an immutable commit (no metadata request needed): a Hub commit,
+        an OCI digest, an S3 listing digest or S3 object version id (anything but ``latest``)."""
         return bool(self.revision) and (
-            (self.scheme in ("hf", "s3") and bool(_COMMIT.fullmatch(self.revision or "")))
+            (self.scheme == "hf" and bool(_COMMIT.fullmatch(self.revision or "")))
+            or (self.scheme == "s3" and self.revision != default_revision("s3"))
             or (self.scheme == "oci" and (self.revision or "").startswith("sha256:"))
         )
 

@@ -28,6 +28,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 from collections.abc import Iterable
 
 from .. import _http
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 #: presigned URLs stay valid this long (a resumed pull resolves again and gets fresh ones)
 URL_TTL = 12 * 3600
+_DIGEST = re.compile(r"[0-9a-f]{40}")
 _AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                "InvalidToken", "AuthorizationHeaderMalformed", "403", "401"}
 
@@ -105,9 +107,17 @@ class S3Source(Source):
 
     def resolve(self, ref: Ref) -> Listing:
         bucket, _, prefix = ref.location.partition("/")
-        objects = self._list(ref, bucket, prefix)
+        version = ref.revision if ref.revision and not _DIGEST.fullmatch(ref.revision) else None
+        if version and version != self.default_revision:  # an S3 version id of the object PREFIX names
+            head = self._call(ref, lambda: self._head(bucket, prefix, version)) if prefix else None
+            if head is None:
+                raise NotFoundError(f"{ref}: {version!r} is neither a revision of this prefix (40 hex digits) "
+                                    f"nor a version id of the object s3://{bucket}/{prefix}; check the ref")
+            objects = [head]
+        else:
+            objects = self._list(ref, bucket, prefix)
         revision = listing_digest((o["Key"], o["Size"], o.get("ETag"), o.get("VersionId")) for o in objects)
-        if ref.revision and ref.revision != revision:
+        if ref.revision and not version and ref.revision != revision:
             raise NotFoundError(f"{ref}: the objects under this prefix changed since revision {ref.revision} "
                                 f"(now {revision}); pull {ref.with_revision(None)} for the current one")
         files = []
@@ -128,7 +138,9 @@ class S3Source(Source):
                 headers={"If-Match": etag} if etag else {}, probe=False,
                 object_id=f"s3://{bucket}/{key}?versionId={version or ''}",
             ))
-        return Listing(ref.with_revision(revision), revision, tuple(files))
+        # A version id stays the ref's name (fetch records it, pointing at the revision), so the same ref
+        # is served from the cache offline.
+        return Listing(ref if version else ref.with_revision(revision), revision, tuple(files))
 
     # -- S3 calls ------------------------------------------------------------------------------------
     def _list(self, ref: Ref, bucket: str, prefix: str) -> list[dict]:
@@ -149,15 +161,17 @@ class S3Source(Source):
             raise NotFoundError(f"{ref}: no objects under s3://{bucket}/{folder}; check the bucket and prefix")
         return objects
 
-    def _head(self, bucket: str, key: str) -> dict | None:
+    def _head(self, bucket: str, key: str, version: str | None = None) -> dict | None:
         if self._api is not None:
-            return self._api.head(bucket, key)
+            return self._api.head(bucket, key, version)
         from botocore.exceptions import ClientError
 
         try:
-            head = self.client.head_object(Bucket=bucket, Key=key)
+            head = self.client.head_object(Bucket=bucket, Key=key, **({"VersionId": version} if version else {}))
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404 or (
+                    version and code in ("400", "InvalidArgument")):  # a malformed version id
                 return None
             raise
         return {"Key": key, "Size": head["ContentLength"], "ETag": head.get("ETag"),

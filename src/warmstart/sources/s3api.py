@@ -211,12 +211,12 @@ class Api:
             if (root.findtext(f"{_NS}IsTruncated") or "").lower() != "true" or not token:
                 return out
 
-    def head(self, bucket: str, key: str) -> dict | None:
-        """The object's size, ETag and version id, or None when there is no such object."""
+    def head(self, bucket: str, key: str, version: str | None = None) -> dict | None:
+        """The object's size, ETag and version id, or None when there is no such object (or version)."""
         try:
-            headers = self._call("HEAD", bucket, key, {})
+            headers = self._call("HEAD", bucket, key, {"versionId": version} if version else {})
         except S3Error as exc:
-            if exc.status == 404 and exc.code != "NoSuchBucket":
+            if exc.status == 404 or (version and exc.status == 400):  # 400: a malformed version id
                 return None
             raise
         return {"Key": key, "Size": int(headers.get("content-length", 0)), "ETag": headers.get("etag"),
