@@ -15,16 +15,7 @@ import warmstart
 from warmstart.errors import ConfigError, IntegrityError
 from warmstart.refs import parse
 
-from ..conformance.conftest import s3_env, uid
-
-
-@pytest.fixture
-def s3(s3_bucket, moto_proxy, monkeypatch, home):
-    moto_proxy.reset()
-    for k, v in s3_env(moto_proxy.endpoint).items():
-        monkeypatch.setenv(k, v)
-    yield s3_bucket
-    moto_proxy.reset()
+from ..conformance.conftest import uid
 
 
 def test_s3_object_changed_between_listing_and_download(s3, moto_proxy, monkeypatch, home):

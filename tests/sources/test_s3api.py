@@ -108,15 +108,6 @@ def test_object_urls(tmp_path):
         "http://127.0.0.1:9000/my-models/x"
 
 
-@pytest.fixture
-def s3(s3_bucket, moto_proxy, monkeypatch, home):
-    moto_proxy.reset()
-    for k, v in s3_env(moto_proxy.endpoint).items():
-        monkeypatch.setenv(k, v)
-    yield s3_bucket
-    moto_proxy.reset()
-
-
 def test_listing_agrees_with_boto3_across_pages(s3, moto_proxy):
     prefix = uid()
     keys = [f"{prefix}/{name}" for name in ("a b.bin", "c+d.bin", "ünï/cöde.json", "e&f<g>.txt", "z%2F.bin")]
@@ -198,15 +189,10 @@ def test_cli_pull_with_keys_in_the_environment_does_not_import_boto3(s3, moto_pr
     assert json.loads(out.stdout) == [10000, False, False]
 
 
-class _RegionStub:
-    """An S3 endpoint for a bucket in eu-west-1: requests signed for another region get a 301 with
-    ``x-amz-bucket-region``, as S3 answers them; ``always`` answers every request so."""
+class _Stub:
+    """An S3 endpoint on loopback: ``answer(path)`` gives each GET's (status, headers, body)."""
 
-    LISTING = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/'
-               b'2006-03-01/"><IsTruncated>false</IsTruncated><Contents><Key>p/w.bin</Key><Size>7</Size>'
-               b'<ETag>"e"</ETag></Contents></ListBucketResult>')
-
-    def __init__(self, always: bool = False) -> None:
+    def __init__(self, answer) -> None:
         import http.server
         import threading
 
@@ -216,14 +202,10 @@ class _RegionStub:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
                 stub.requests.append(self.path)
-                if always or "%2Feu-west-1%2F" not in self.path:
-                    body = b"<Error><Code>PermanentRedirect</Code><Message>use eu-west-1</Message></Error>"
-                    self.send_response(301)
-                    self.send_header("x-amz-bucket-region", "eu-west-1")
-                else:
-                    body = stub.LISTING
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                status, headers, body = answer(self.path)
+                self.send_response(status)
+                for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -235,45 +217,36 @@ class _RegionStub:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
+def _error(code: str) -> bytes:
+    return f"<Error><Code>{code}</Code><Message>from the stub</Message></Error>".encode()
+
+
+def _region_stub(always: bool = False) -> _Stub:
+    """A bucket in eu-west-1: requests signed for another region get a 301 with ``x-amz-bucket-region``,
+    as S3 answers them (``always``: every request)."""
+    listing = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/'
+               b'2006-03-01/"><IsTruncated>false</IsTruncated><Contents><Key>p/w.bin</Key><Size>7</Size>'
+               b'<ETag>"e"</ETag></Contents></ListBucketResult>')
+
+    def answer(path):
+        if always or "%2Feu-west-1%2F" not in path:
+            return 301, {"x-amz-bucket-region": "eu-west-1"}, _error("PermanentRedirect")
+        return 200, {}, listing
+    return _Stub(answer)
+
+
 def test_bucket_in_another_region_is_followed_once():
-    stub = _RegionStub()
+    stub = _region_stub()
     api = s3api.Api(s3api.Config(s3api.Credentials("k", "s"), "us-east-1", stub.endpoint))
     assert [o["Key"] for o in api.list_v2("b", "p/")] == ["p/w.bin"] and len(stub.requests) == 2
     assert api.config.region == "eu-west-1" and "%2Feu-west-1%2Fs3%2F" in api.presign_get("b", "p/w.bin", 60)
     stub.server.shutdown()
-    looping = _RegionStub(always=True)
+    looping = _region_stub(always=True)
     api = s3api.Api(s3api.Config(s3api.Credentials("k", "s"), "us-east-1", looping.endpoint), sleep=lambda s: None)
     with pytest.raises(s3api.S3Error) as err:
         api.list_v2("b", "p/")
     assert err.value.status == 301 and err.value.code == "PermanentRedirect" and len(looping.requests) == 2
     looping.server.shutdown()
-
-
-class _ErrorStub(_RegionStub):
-    """An S3 endpoint that answers every request with one error."""
-
-    def __init__(self, status: int, code: str) -> None:
-        import http.server
-        import threading
-
-        stub = self
-        self.requests = []
-        body = f"<Error><Code>{code}</Code><Message>from the stub</Message></Error>".encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                stub.requests.append(self.path)
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.mark.parametrize("status,code,error,match,attempts", [
@@ -285,7 +258,7 @@ class _ErrorStub(_RegionStub):
 def test_error_answers_are_one_line_errors(monkeypatch, home, status, code, error, match, attempts):
     from warmstart import errors
 
-    stub = _ErrorStub(status, code)
+    stub = _Stub(lambda path: (status, {}, _error(code)))
     for k, v in s3_env(stub.endpoint).items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(s3api, "BACKOFF_S", 0.001)
