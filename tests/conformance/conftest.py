@@ -19,7 +19,7 @@ from tests.servers.hub import HubRepo
 from tests.servers.proxy import ShapingProxy
 from tests.servers.registry import DistributionRegistry, push_modelpack
 
-BACKENDS = ["hf", "s3", "oci", "http", "local"]
+BACKENDS = ["hf", "s3", "s3_boto3", "oci", "http", "local"]
 _ids = itertools.count()
 
 
@@ -118,6 +118,12 @@ def _case_s3(request, tmp_path) -> Case:
         return f"s3://models/{prefix}"
     return Case("s3", make, proxy, lambda n, d: f"*{n}", knows_sha256=False,
                 missing_ref="s3://no-such-bucket/x", env=s3_env(proxy.endpoint))
+
+
+def _case_s3_boto3(request, tmp_path) -> Case:
+    """S3 again, through boto3 (what profiles, SSO and roles use) instead of the built-in signer."""
+    c = _case_s3(request, tmp_path)
+    return dataclasses.replace(c, env={**c.env, "WARMSTART_S3_CLIENT": "boto3"})
 
 
 def _case_oci(request, tmp_path) -> Case:
