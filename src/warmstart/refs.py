@@ -70,10 +70,11 @@ class Ref:
     @property
     def pinned(self) -> bool:
         """True when the revision names an immutable commit (no metadata request needed): a Hub commit,
-        an OCI digest, an S3 listing digest or S3 object version id (anything but ``latest``)."""
+        an OCI digest, an S3 listing digest or S3 object version id (anything but ``latest``, and ``null``:
+        the version S3 overwrites in place)."""
         return bool(self.revision) and (
             (self.scheme == "hf" and bool(_COMMIT.fullmatch(self.revision or "")))
-            or (self.scheme == "s3" and self.revision != default_revision("s3"))
+            or (self.scheme == "s3" and self.revision not in (default_revision("s3"), "null"))
             or (self.scheme == "oci" and (self.revision or "").startswith("sha256:"))
         )
 

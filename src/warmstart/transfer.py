@@ -599,6 +599,7 @@ class Transfer:
         if resp.status != 200:
             raise _http.HTTPStatusError(resp.status, url, _http.headers_of(resp), _http.drain(resp))
         with self._cv:
+            self._receiving.add(threading.get_ident())  # a streamed body counts for the pool's ramp too
             f.hasher, f.git = hashlib.sha256(), git_hasher(f.job)
         if f.fd >= 0:
             os.close(f.fd)

@@ -13,7 +13,7 @@ import urllib.parse
 import pytest
 
 import warmstart
-from warmstart.errors import NotFoundError, OfflineError
+from warmstart.errors import NotFoundError, OfflineError, TransferError
 from warmstart.sources import s3api
 
 from ..conformance.conftest import s3_env, uid
@@ -198,16 +198,21 @@ class _Stub:
 
         stub = self
         self.requests: list[str] = []
+        self.hosts: list[str | None] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
                 stub.requests.append(self.path)
+                stub.hosts.append(self.headers.get("Host"))
                 status, headers, body = answer(self.path)
                 self.send_response(status)
                 for k, v in {**headers, "Content-Length": str(len(body))}.items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_HEAD = do_GET  # noqa: N815
 
             def log_message(self, *args):
                 pass
@@ -291,10 +296,7 @@ def test_ca_bundle_verifies_https_to_that_host(tmp_path):
 
     if not shutil.which("openssl"):
         pytest.skip("needs the openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-                    "-out", str(cert)], check=True, capture_output=True)
+    cert, key = _self_signed(tmp_path)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
@@ -342,3 +344,120 @@ def test_an_object_version_id_pins_that_version(s3, moto_proxy, monkeypatch, hom
     assert again.revision == old.revision and moto_proxy.counters.requests_for("*") == 0
     with pytest.raises(NotFoundError, match="neither a revision of this prefix .* nor a version id"):
         warmstart.pull(f"s3://{bucket}/m/w.bin@no-such-version")
+
+
+
+def _listing(keys: list[str], *, token: str | None = None, encoding: bool = False) -> bytes:
+    items = "".join(f"<Contents><Key>{k}</Key><Size>1</Size><ETag>\"e\"</ETag></Contents>" for k in keys)
+    more = f"<IsTruncated>true</IsTruncated><NextContinuationToken>{token}</NextContinuationToken>" if token \
+        else "<IsTruncated>false</IsTruncated>"
+    enc = "<EncodingType>url</EncodingType>" if encoding else ""
+    return (f'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{enc}{more}{items}'
+            "</ListBucketResult>").encode()
+
+
+def _api(stub: _Stub) -> s3api.Api:
+    return s3api.Api(s3api.Config(s3api.Credentials("k", "s"), "us-east-1", stub.endpoint), sleep=lambda s: None)
+
+
+def test_keys_are_decoded_only_when_the_store_encoded_them():
+    raw = _Stub(lambda path: (200, {}, _listing(["p/a+b%41.bin"])))
+    assert [o["Key"] for o in _api(raw).list_v2("b", "p/")] == ["p/a+b%41.bin"]
+    encoded = _Stub(lambda path: (200, {}, _listing(["p/a%2Bb%2541.bin", "p/c+d"], encoding=True)))
+    assert [o["Key"] for o in _api(encoded).list_v2("b", "p/")] == ["p/a+b%41.bin", "p/c d"]
+
+
+def test_a_listing_that_never_ends_or_is_not_one_is_an_error():
+    looping = _Stub(lambda path: (200, {}, _listing(["p/a"], token="same")))
+    with pytest.raises(s3api.S3Error, match="same continuation token"):
+        _api(looping).list_v2("b", "p/")
+    assert len(looping.requests) == 2
+    html = _Stub(lambda path: (200, {}, b"<html><body>MinIO Console</body>"))
+    with pytest.raises(s3api.S3Error, match="not an S3 listing"):
+        _api(html).list_v2("b", "p/")
+
+
+def test_a_redirect_after_retries_is_still_followed():
+    answers = iter([(503, {}, _error("SlowDown"))] * (s3api.MAX_ATTEMPTS - 1)
+                   + [(301, {"x-amz-bucket-region": "eu-west-1"}, _error("PermanentRedirect"))])
+    stub = _Stub(lambda path: next(answers, (200, {}, _listing(["p/w"]))))
+    assert [o["Key"] for o in _api(stub).list_v2("b", "p/")] == ["p/w"]
+    assert len(stub.requests) == s3api.MAX_ATTEMPTS + 1
+
+
+def test_error_messages_stay_on_one_line(monkeypatch, home):
+    stub = _Stub(lambda path: (400, {}, b"Bad Request\nInvalid query\n  more"))
+    for k, v in s3_env(stub.endpoint).items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(TransferError) as err:
+        warmstart.pull("s3://models/m")
+    assert "\n" not in str(err.value) and "Bad Request Invalid query more" in str(err.value)
+
+
+def test_the_signed_host_is_the_host_header_sent():
+    from warmstart import _http
+
+    for url_host in ("127.0.0.1:{port}", "LOCALHOST:{port}", "localhost:{port}"):
+        stub = _Stub(lambda path: (200, {}, b"ok"))
+        url = f"http://{url_host.format(port=stub.server.server_port)}/b/k"
+        _http.Client(timeout=5).request("GET", url).read()
+        assert stub.hosts == [s3api.signed_host(url)]
+        stub.server.shutdown()
+    assert s3api.signed_host("http://[::1]:80/b") == "[::1]" and s3api.signed_host("https://h:443/") == "h"
+    assert s3api.signed_host("https://[::1]:9000/b") == "[::1]:9000"
+
+
+def test_environment_details_as_botocore_reads_them(tmp_path):
+    config, _ = s3api.config_from_env(_env(tmp_path, AWS_SECURITY_TOKEN="legacy"))
+    assert config.credentials.token == "legacy"
+    config, _ = s3api.config_from_env(_env(tmp_path, AWS_ENDPOINT_URL="HTTP://MinIO.Local:9000/"))
+    assert config.endpoint == "http://minio.local:9000"
+    for bad in ("http://127.0.0.1:99999", "http://", "minio:9000"):
+        config, why = s3api.config_from_env(_env(tmp_path, AWS_ENDPOINT_URL=bad))
+        assert config is None and "AWS_ENDPOINT_URL" in why
+    (tmp_path / "config").write_text("[profile a]\nregion = eu-north-1\n[profile b]\nregion = sa-east-1\n")
+    config, _ = s3api.config_from_env(_env(tmp_path, AWS_REGION=None, AWS_PROFILE="a", AWS_DEFAULT_PROFILE="b"))
+    assert config.region == "sa-east-1"  # botocore reads AWS_DEFAULT_PROFILE first
+
+
+def test_a_version_id_the_store_ignores_is_not_pinned(monkeypatch, home):
+    """A store without versioning answers HEAD ?versionId=X with the live object: not that version."""
+    stub = _Stub(lambda path: (200, {"ETag": '"e"'}, b"x"))
+    for k, v in s3_env(stub.endpoint).items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(NotFoundError, match="nor a version id"):
+        warmstart.pull("s3://models/m/w.bin@3HL4kqtJlcpX")
+    from warmstart.refs import parse
+
+    assert parse("s3://bkt/k@3HL4kqtJlcpX").pinned and not parse("s3://bkt/k@null").pinned
+    assert not parse("s3://bkt/k@latest").pinned and not parse("s3://bkt/k").pinned
+
+
+def test_tls_failure_is_a_clear_error_not_an_offline_fallback(monkeypatch, home, tmp_path):
+    import shutil
+    import ssl
+
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = _self_signed(tmp_path)
+    stub = _Stub(lambda path: (200, {}, _listing(["m/w"])))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    stub.server.socket = ctx.wrap_socket(stub.server.socket, server_side=True)
+    for k, v in s3_env(stub.endpoint.replace("http://", "https://")).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    from warmstart.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="TLS verification of the S3 endpoint failed .*set AWS_CA_BUNDLE"):
+        warmstart.pull("s3://models/m")
+    assert len(stub.requests) == 0  # refused at the handshake, and not retried
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 signed by itself, and its key."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    return cert, key

@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable
 
 from .. import _http
-from ..errors import GatedRepoError, NotFoundError, TransferError
+from ..errors import ConfigError, GatedRepoError, NotFoundError, TransferError
 from ..refs import Ref
 from . import s3api
 from .base import Listing, OriginUnreachable, RemoteFile, Source
@@ -102,25 +102,43 @@ class S3Source(Source):
             # AWS_REGION (the AWS SDKs' standard variable) as s3api reads it; botocore reads only
             # AWS_DEFAULT_REGION and the config file
             region = os.environ.get("AWS_REGION") or None
-            self._client_obj = boto3.session.Session().client("s3", config=cfg, region_name=region)
+            self._session = boto3.session.Session()
+            self._client_obj = self._session.client("s3", config=cfg, region_name=region)
         return self._client_obj
+
+    def _ca_bundle(self) -> str | None:
+        """The CA bundle the listing used: AWS_CA_BUNDLE, or (boto3) the profile's ``ca_bundle``."""
+        if self._api is not None:
+            return self._api.config.ca_bundle
+        try:  # botocore's resolved setting (environment, then profile)
+            bundle = self._session._session.get_config_variable("ca_bundle")
+        except AttributeError:  # a client handed in, or another boto3
+            bundle = None
+        return bundle or os.environ.get("AWS_CA_BUNDLE") or None
 
     def resolve(self, ref: Ref) -> Listing:
         bucket, _, prefix = ref.location.partition("/")
-        version = ref.revision if ref.revision and not _DIGEST.fullmatch(ref.revision) else None
-        if version and version != self.default_revision:  # an S3 version id of the object PREFIX names
-            head = self._call(ref, lambda: self._head(bucket, prefix, version)) if prefix else None
+        if self._api is not None and bucket.endswith("--x-s3"):
+            self._api = None  # S3 Express directory buckets: their own endpoints and session auth (boto3)
+        pin = ref.revision if ref.revision and not _DIGEST.fullmatch(ref.revision) else None
+        if pin == self.default_revision:
+            pin = None
+        if pin:  # an S3 version id of the object PREFIX names
+            head = self._call(ref, lambda: self._head(bucket, prefix, pin)) if prefix else None
+            if head is not None and head.get("VersionId") != pin:
+                head = None  # a store without versioning answers with the live object: not that version
             if head is None:
-                raise NotFoundError(f"{ref}: {version!r} is neither a revision of this prefix (40 hex digits) "
+                raise NotFoundError(f"{ref}: {pin!r} is neither a revision of this prefix (40 hex digits) "
                                     f"nor a version id of the object s3://{bucket}/{prefix}; check the ref")
             objects = [head]
         else:
             objects = self._list(ref, bucket, prefix)
         revision = listing_digest((o["Key"], o["Size"], o.get("ETag"), o.get("VersionId")) for o in objects)
-        if ref.revision and not version and ref.revision != revision:
+        if ref.revision and not pin and ref.revision != revision:
             raise NotFoundError(f"{ref}: the objects under this prefix changed since revision {ref.revision} "
                                 f"(now {revision}); pull {ref.with_revision(None)} for the current one")
         files = []
+        bundle = self._ca_bundle()
         base = prefix + "/" if prefix and not (len(objects) == 1 and objects[0]["Key"] == prefix) else ""
         for o in objects:
             key = o["Key"]
@@ -130,8 +148,8 @@ class S3Source(Source):
             if version and version != "null":
                 params["VersionId"] = version
             url = self._presign(ref, params)
-            if os.environ.get("AWS_CA_BUNDLE"):  # the downloads verify S3's certificate as boto3 does
-                _http.trust_ca_bundle(url, os.environ["AWS_CA_BUNDLE"])
+            if bundle:  # the downloads verify S3's certificate as the listing did
+                _http.trust_ca_bundle(url, bundle)
             etag = o.get("ETag")
             files.append(S3File(
                 path=rel, size=int(o["Size"]), url=url, etag=etag,
@@ -140,7 +158,7 @@ class S3Source(Source):
             ))
         # A version id stays the ref's name (fetch records it, pointing at the revision), so the same ref
         # is served from the cache offline.
-        return Listing(ref if version else ref.with_revision(revision), revision, tuple(files))
+        return Listing(ref if pin else ref.with_revision(revision), revision, tuple(files))
 
     # -- S3 calls ------------------------------------------------------------------------------------
     def _list(self, ref: Ref, bucket: str, prefix: str) -> list[dict]:
@@ -197,6 +215,9 @@ class S3Source(Source):
             try:
                 return fn()
             except s3api.S3Error as exc:
+                if exc.status == -1:
+                    raise ConfigError(f"{ref}: TLS verification of the S3 endpoint failed ({exc.message}); set "
+                                      "AWS_CA_BUNDLE to the CA certificate that signed it") from None
                 if exc.status == 0:
                     endpoint = self._api.config.endpoint or self._api.config.url(ref.location.split("/")[0])
                     raise OriginUnreachable(f"the S3 endpoint {endpoint} is unreachable "
@@ -209,6 +230,9 @@ class S3Source(Source):
         except (bx.NoCredentialsError, bx.PartialCredentialsError):
             raise GatedRepoError(f"{ref}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
                                  "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from None
+        except bx.SSLError as exc:
+            raise ConfigError(f"{ref}: TLS verification of the S3 endpoint failed ({exc}); set AWS_CA_BUNDLE "
+                              "to the CA certificate that signed it") from None
         except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError) as exc:
             raise OriginUnreachable(f"the S3 endpoint is unreachable ({type(exc).__name__}); check "
                                     "AWS_ENDPOINT_URL and the network") from None

@@ -30,6 +30,7 @@ import http.client
 import os
 import random
 import re
+import ssl
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -104,10 +105,26 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> tuple[Config | 
         if not endpoint:
             return None, "no region in the environment"  # boto3 follows S3's region redirects
         region = "us-east-1"
-    if endpoint and urllib.parse.urlsplit(endpoint).scheme not in ("http", "https"):
-        return None, "AWS_ENDPOINT_URL is not an http(s) URL"
-    creds = Credentials(key, secret, env.get("AWS_SESSION_TOKEN") or None)
+    if endpoint:
+        endpoint = _normal_endpoint(endpoint)
+        if endpoint is None:
+            return None, "AWS_ENDPOINT_URL is not an http(s) URL"  # boto3 reports it
+    creds = Credentials(key, secret, env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None)
     return Config(creds, region, endpoint, env.get("AWS_CA_BUNDLE") or None), ""
+
+
+def _normal_endpoint(endpoint: str) -> str | None:
+    """``scheme://host[:port][/path]`` with the host in lower case (it is signed as sent), or None."""
+    try:
+        parts = urllib.parse.urlsplit(endpoint.strip())
+        port = parts.port
+    except ValueError:  # a port out of range or not a number
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = f"{host}:{port}" if port else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def _profile(env: Mapping[str, str]) -> dict[str, str] | None:
@@ -116,7 +133,7 @@ def _profile(env: Mapping[str, str]) -> dict[str, str] | None:
     path = os.path.expanduser(env.get("AWS_CONFIG_FILE") or "~/.aws/config")
     if not os.path.isfile(path):
         return {}
-    name = env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
+    name = env.get("AWS_DEFAULT_PROFILE") or env.get("AWS_PROFILE") or "default"  # botocore's order
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read(path)
@@ -141,6 +158,16 @@ def _signing_key(secret: str, day: str, region: str, service: str) -> bytes:
     return k
 
 
+def signed_host(url: str) -> str:
+    """The ``Host`` header http.client sends for ``url``, which the signature covers: the host as
+    written ([...] for IPv6), and the port unless it is the scheme's default."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    if parts.port is not None and parts.port == {"http": 80, "https": 443}.get(parts.scheme):
+        host = host.rsplit(":", 1)[0]
+    return host
+
+
 def presign(method: str, url: str, query: Mapping[str, str], creds: Credentials, region: str, expires: int,
             *, now: datetime.datetime | None = None, service: str = "s3") -> str:
     """``url`` (already percent-encoded path, no query) with ``query`` and a SigV4 query signature."""
@@ -148,11 +175,7 @@ def presign(method: str, url: str, query: Mapping[str, str], creds: Credentials,
     stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     scope = f"{day}/{region}/{service}/aws4_request"
     parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
-        host = f"{host}:{parts.port}"
-    if ":" in (parts.hostname or "") and not host.startswith("["):  # IPv6 literal
-        host = parts.netloc
+    host = signed_host(url)
     params = dict(query)
     params.update({"X-Amz-Algorithm": "AWS4-HMAC-SHA256", "X-Amz-Credential": f"{creds.key}/{scope}",
                    "X-Amz-Date": stamp, "X-Amz-Expires": str(expires), "X-Amz-SignedHeaders": "host"})
@@ -168,7 +191,7 @@ def presign(method: str, url: str, query: Mapping[str, str], creds: Credentials,
 
 # -- the calls ------------------------------------------------------------------------------------------
 class S3Error(Exception):
-    """An error answer from S3 (``status`` 0: the endpoint could not be reached)."""
+    """An error answer from S3 (``status`` 0: the endpoint could not be reached; -1: TLS failed)."""
 
     def __init__(self, status: int, code: str = "", message: str = "") -> None:
         self.status, self.code, self.message = status, code, message
@@ -202,14 +225,23 @@ class Api:
             if token:
                 query["continuation-token"] = token
             body = self._call("GET", bucket, "", query)
-            root = ET.fromstring(body)
-            for item in root.iter(f"{_NS}Contents"):
-                out.append({"Key": urllib.parse.unquote_plus(item.findtext(f"{_NS}Key") or ""),
-                            "Size": int(item.findtext(f"{_NS}Size") or 0),
-                            "ETag": item.findtext(f"{_NS}ETag")})
-            token = root.findtext(f"{_NS}NextContinuationToken")
+            try:
+                root = ET.fromstring(body)
+                # keys are URL-encoded only when the store says it honoured encoding-type=url (as botocore)
+                encoded = (root.findtext(f"{_NS}EncodingType") or "").lower() == "url"
+                for item in root.iter(f"{_NS}Contents"):
+                    key = item.findtext(f"{_NS}Key") or ""
+                    out.append({"Key": urllib.parse.unquote_plus(key) if encoded else key,
+                                "Size": int(item.findtext(f"{_NS}Size") or 0),
+                                "ETag": item.findtext(f"{_NS}ETag")})
+            except (ET.ParseError, ValueError):
+                raise S3Error(200, "InvalidListing", "the endpoint's answer to ListObjectsV2 is not an S3 "
+                              "listing; is AWS_ENDPOINT_URL an S3 API endpoint?") from None
+            previous, token = token, root.findtext(f"{_NS}NextContinuationToken")
             if (root.findtext(f"{_NS}IsTruncated") or "").lower() != "true" or not token:
                 return out
+            if token == previous:  # a store that repeats itself would be listed forever
+                raise S3Error(200, "InvalidListing", "the store returned the same continuation token twice")
 
     def head(self, bucket: str, key: str, version: str | None = None) -> dict | None:
         """The object's size, ETag and version id, or None when there is no such object (or version)."""
@@ -224,8 +256,8 @@ class Api:
 
     def _call(self, method: str, bucket: str, key: str, query: dict[str, str]):
         """The body (GET) or the headers (HEAD) of a 2xx answer; S3Error otherwise."""
-        redirected = False
-        for attempt in range(MAX_ATTEMPTS):
+        redirected, attempt = False, 0
+        while True:
             url = presign(method, self.config.url(bucket, key), query, self.config.credentials,
                           self.config.region, 900)
             if self.config.ca_bundle:
@@ -233,6 +265,9 @@ class Api:
             try:
                 resp = self._client.request(method, url)
                 body = resp.read()  # b"" for HEAD
+            except ssl.SSLError as exc:  # a certificate is not a transient fault: no retry
+                self._client.drop(url)
+                raise S3Error(-1, "TLSError", str(exc)) from None
             except (OSError, http.client.HTTPException) as exc:
                 self._client.drop(url)
                 error = S3Error(0, type(exc).__name__, str(exc))
@@ -254,7 +289,7 @@ class Api:
                 if attempt == MAX_ATTEMPTS - 1:
                     raise error
             self._sleep(min(BACKOFF_S * 2 ** attempt, 5.0) * random.uniform(0.5, 1.0))
-        raise AssertionError("unreachable")
+            attempt += 1
 
 
 def _parse_error(status: int, body: bytes) -> S3Error:
@@ -267,4 +302,4 @@ def _parse_error(status: int, body: bytes) -> S3Error:
             message = body[:200].decode("utf-8", "replace").strip()
     if not code and status == 404:
         code = "NotFound"
-    return S3Error(status, code, message)
+    return S3Error(status, code, " ".join(message.split())[:300])
