@@ -70,7 +70,7 @@ def main(verbose: int) -> None:
 
 @main.command()
 @click.argument("ref")
-@click.option("--revision", help="Branch, tag or commit (overrides @REV in REF).")
+@click.option("--revision", help="Branch, tag, commit, or S3 object version id (overrides @REV in REF).")
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
 @click.option("--to", "to", type=click.Path(file_okay=False), help="Also make a plain directory of the files.")
@@ -87,7 +87,8 @@ def main(verbose: int) -> None:
 def pull(ref, revision, include, exclude, to, link, as_json, quiet, max_size, tier, in_place) -> None:
     """Pull REF into the cache; prints the local snapshot directory as the last line.
 
-    REF: hf://ORG/NAME[@REV] or ORG/NAME (Hugging Face Hub), s3://BUCKET/PREFIX[@REV],
+    REF: hf://ORG/NAME[@REV] or ORG/NAME (Hugging Face Hub), s3://BUCKET/PREFIX[@REV]
+    (REV: a listing revision, or the version id of the object PREFIX names),
     oci://REGISTRY/REPO[:TAG|@DIGEST], https://HOST/PATH, file:///PATH or a local path.
     """
     from . import api
