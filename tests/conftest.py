@@ -59,8 +59,12 @@ def _guarded_connect_ex(self, address):
 
 @pytest.fixture(autouse=True, scope="session")
 def _offline_session() -> Iterator[None]:
-    """Telemetry off, HF endpoint on loopback, and no socket may leave the machine."""
+    """Telemetry off, HF endpoint on loopback, no forward proxy from the machine's environment (the
+    proxy tests set their own), and no socket may leave the machine."""
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        os.environ.pop(name, None)
+        os.environ.pop(name.upper(), None)
     socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
     socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
     try:

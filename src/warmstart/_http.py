@@ -10,7 +10,10 @@ Written by hand rather than with requests/httpx because the transfer engine's ho
 
 from __future__ import annotations
 
+import base64
 import http.client
+import ipaddress
+import os
 import re
 import socket
 import ssl
@@ -78,24 +81,114 @@ def host_key(url: str) -> tuple[str, str]:
     return p.scheme, p.netloc
 
 
+# -- forward proxies --------------------------------------------------------------------------------
+def proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
+    """The forward proxy for ``scheme://host`` from the environment, as curl and requests read it:
+    ``https_proxy`` / ``http_proxy``, then ``all_proxy`` (lower case first, then upper case), unless
+    ``no_proxy`` lists the host (``*``, a name and its subdomains, an IP or a CIDR range). Loopback
+    hosts never go through a proxy. Returns (proxy host, port, Proxy-Authorization header) or None."""
+    def env(name: str) -> str:
+        return os.environ.get(name) or os.environ.get(name.upper()) or ""
+
+    names = [f"{scheme}_proxy", "all_proxy"]
+    name = next((n for n in names if env(n)), None)
+    if name is None or _is_loopback(host) or _no_proxy(host, env("no_proxy")):
+        return None
+    value = env(name).strip()
+    p = urllib.parse.urlsplit(value if "://" in value else "http://" + value)
+    try:
+        port = p.port or 80
+    except ValueError:
+        port = 0
+    if p.scheme != "http" or not p.hostname or not port:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{name.upper()}={redact_userinfo(value)} is not supported: give an http:// proxy "
+                          "(http://HOST:PORT, with user:password@ if it needs them), or unset it")
+    headers = {}
+    if p.username is not None:
+        creds = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
+    return p.hostname, port, headers
+
+
+def redact_userinfo(url: str) -> str:
+    """``http://user:secret@host`` -> ``http://***@host``."""
+    head, sep, tail = url.rpartition("@")
+    return f"{head.split('://')[0]}://***@{tail}" if sep and "://" in head else ("***@" + tail if sep else url)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _no_proxy(host: str, value: str) -> bool:
+    host = host.lower().rstrip(".")
+    for entry in value.replace(" ", ",").split(","):
+        entry = entry.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        if "/" in entry:  # a CIDR range
+            try:
+                if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        if entry.startswith("[") and "]" in entry:  # [IPv6]:port
+            entry = entry[1:entry.index("]")]
+        elif entry.count(":") == 1:  # host:port: the port is not compared
+            entry = entry.split(":")[0]
+        entry = entry.lstrip(".").rstrip(".")
+        if host == entry or host.endswith("." + entry):
+            return True
+    return False
+
+
+def connect(scheme: str, netloc: str, timeout: float) -> tuple[http.client.HTTPConnection, dict[str, str] | None]:
+    """A connection to ``netloc``, through the environment's proxy if any. The second value is None,
+    or the headers to add to each request when requests must name the absolute URL (plain HTTP through
+    a proxy); HTTPS goes through a CONNECT tunnel, so TLS is end to end."""
+    if scheme not in ("http", "https"):
+        raise ValueError(f"unsupported URL scheme {scheme!r}")
+    parts = urllib.parse.urlsplit("//" + netloc)
+    host, port = parts.hostname or "", parts.port or (443 if scheme == "https" else 80)
+    proxy = proxy_for(scheme, host)
+    if proxy is None:
+        if scheme == "https":
+            return http.client.HTTPSConnection(netloc, timeout=timeout, context=_context((scheme, netloc))), None
+        return http.client.HTTPConnection(netloc, timeout=timeout), None
+    proxy_host, proxy_port, auth = proxy
+    if scheme == "https":
+        conn = http.client.HTTPSConnection(proxy_host, proxy_port, timeout=timeout, context=_context((scheme, netloc)))
+        conn.set_tunnel(host, port, headers=auth)
+        return conn, None
+    return http.client.HTTPConnection(proxy_host, proxy_port, timeout=timeout), auth
+
+
 class Client:
     """Persistent connections keyed by (scheme, host:port). Not thread-safe: one per thread."""
 
     def __init__(self, timeout: float = 30.0) -> None:
         self.timeout = timeout
         self._conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
+        self._absolute: dict[tuple[str, str], dict[str, str]] = {}  # plain HTTP through a proxy
 
     def _conn(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         key = (scheme, netloc)
         conn = self._conns.get(key)
         if conn is None:
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=_context(key))
-            elif scheme == "http":
-                conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
-            else:
-                raise ValueError(f"unsupported URL scheme {scheme!r}")
+            conn, absolute = connect(scheme, netloc, self.timeout)
             self._conns[key] = conn
+            if absolute is not None:
+                self._absolute[key] = absolute
         return conn
 
     def drop(self, url: str | None = None) -> None:
@@ -103,6 +196,7 @@ class Client:
         keys = [host_key(url)] if url else list(self._conns)
         for key in keys:
             conn = self._conns.pop(key, None)
+            self._absolute.pop(key, None)
             if conn is not None:
                 conn.close()
 
@@ -131,8 +225,12 @@ class Client:
         for attempt in (0, 1):
             conn = self._conn(p.scheme, p.netloc)
             fresh = conn.sock is None
+            target, extra = path, self._absolute.get((p.scheme, p.netloc))
+            if extra is not None:  # through a proxy: the absolute URL, and the proxy's credentials
+                target = f"{p.scheme}://{p.netloc}{path}"
+                hdrs.update(extra)
             try:
-                conn.request(method, path, headers=hdrs)
+                conn.request(method, target, headers=hdrs)
                 resp = conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.drop(url)
@@ -144,6 +242,7 @@ class Client:
                 raise
             if resp.will_close:
                 self._conns.pop((p.scheme, p.netloc), None)
+                self._absolute.pop((p.scheme, p.netloc), None)
             return resp
         raise AssertionError("unreachable")
 

@@ -123,12 +123,14 @@ class Registry:
             data = resp.read()
             return resp.status, _http.headers_of(resp), data
         p = urllib.parse.urlsplit(url)
-        conn_cls = http.client.HTTPSConnection if p.scheme == "https" else http.client.HTTPConnection
-        conn = conn_cls(p.netloc, timeout=120)
+        conn, absolute = _http.connect(p.scheme, p.netloc, 120)
         try:
             path = p.path + (f"?{p.query}" if p.query else "")
             size = length if length is not None else len(body)  # type: ignore[arg-type]
-            conn.request(method, path, body=body, headers={**hdrs, "Content-Length": str(size)})
+            headers = {**hdrs, "Content-Length": str(size)}
+            if absolute is not None:  # plain HTTP through a proxy
+                path, headers = f"{p.scheme}://{p.netloc}{path}", {**headers, **absolute}
+            conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             return resp.status, _http.headers_of(resp), resp.read()
         finally:
