@@ -4,12 +4,6 @@ through the proxy."""
 
 from __future__ import annotations
 
-import http.server
-import shutil
-import ssl
-import subprocess
-import threading
-
 import pytest
 
 import warmstart
@@ -17,6 +11,7 @@ from warmstart import _http
 from warmstart.errors import ConfigError
 
 from ..servers.forward_proxy import ForwardProxy
+from ..servers.tls import TlsServer, self_signed
 
 
 @pytest.fixture
@@ -52,39 +47,18 @@ def test_wrong_proxy_credentials_get_407(http_origin, no_proxy_env):
 
 
 def test_https_goes_through_a_connect_tunnel(tmp_path, no_proxy_env):
-    if not shutil.which("openssl"):
-        pytest.skip("needs the openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=origin.test", "-addext", "subjectAltName=DNS:origin.test", "-keyout", str(key),
-                    "-out", str(cert)], check=True, capture_output=True)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Length", "6")
-            self.end_headers()
-            self.wfile.write(b"secret")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"https://origin.test:{server.server_port}/w.bin"
-    try:
-        with ForwardProxy(hosts={"origin.test": "127.0.0.1"}) as proxy:
-            no_proxy_env.setenv("HTTPS_PROXY", proxy.url)
-            _http.trust_ca_bundle(url, str(cert))  # TLS is end to end: the origin's certificate is checked
-            resp = _http.Client(timeout=5).request("GET", url)
-            assert resp.status == 200 and resp.read() == b"secret"
-            assert proxy.seen == [("CONNECT", f"origin.test:{server.server_port}")]
-    finally:
-        server.shutdown()
-        _http._host_contexts.pop(_http.host_key(url), None)
+    cert, key = self_signed(tmp_path, "origin.test")
+    with TlsServer(cert, key, b"secret") as server:
+        url = f"https://origin.test:{server.port}/w.bin"
+        try:
+            with ForwardProxy(hosts={"origin.test": "127.0.0.1"}) as proxy:
+                no_proxy_env.setenv("HTTPS_PROXY", proxy.url)
+                _http.trust_ca_bundle(url, str(cert))  # TLS is end to end: the origin's certificate is checked
+                resp = _http.Client(timeout=5).request("GET", url)
+                assert resp.status == 200 and resp.read() == b"secret"
+                assert proxy.seen == [("CONNECT", f"origin.test:{server.port}")]
+        finally:
+            _http._host_contexts.pop(_http.host_key(url), None)
 
 
 def test_proxy_rules(no_proxy_env):

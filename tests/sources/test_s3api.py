@@ -17,6 +17,7 @@ from warmstart.errors import NotFoundError, OfflineError, TransferError
 from warmstart.sources import s3api
 
 from ..conformance.conftest import s3_env, uid
+from ..servers.tls import TlsServer, self_signed, wrap
 
 T0 = datetime.datetime(2026, 11, 21, 15, 4, 5, tzinfo=datetime.timezone.utc)
 
@@ -287,42 +288,21 @@ def test_a_ca_bundle_that_cannot_be_loaded_is_a_clear_error(tmp_path):
 def test_ca_bundle_verifies_https_to_that_host(tmp_path):
     """A self-signed endpoint (a private MinIO): refused with the system's CAs, served once its
     certificate is the host's bundle (what AWS_CA_BUNDLE does for the listing and the downloads)."""
-    import http.server
-    import shutil
     import ssl
-    import threading
 
     from warmstart import _http
 
-    if not shutil.which("openssl"):
-        pytest.skip("needs the openssl command to make a certificate")
-    cert, key = _self_signed(tmp_path)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"https://127.0.0.1:{server.server_port}/bucket/key"
-    try:
-        with pytest.raises(ssl.SSLCertVerificationError):
-            _http.Client(timeout=5).request("GET", url)
-        _http.trust_ca_bundle(url, str(cert))
-        resp = _http.Client(timeout=5).request("GET", url)
-        assert resp.status == 200 and resp.read() == b"ok"
-    finally:
-        server.shutdown()
-        _http._host_contexts.pop(_http.host_key(url), None)
+    cert, key = self_signed(tmp_path)
+    with TlsServer(cert, key, b"ok") as server:
+        url = f"https://127.0.0.1:{server.port}/bucket/key"
+        try:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                _http.Client(timeout=5).request("GET", url)
+            _http.trust_ca_bundle(url, str(cert))
+            resp = _http.Client(timeout=5).request("GET", url)
+            assert resp.status == 200 and resp.read() == b"ok"
+        finally:
+            _http._host_contexts.pop(_http.host_key(url), None)
 
 
 @pytest.mark.parametrize("client", ["auto", "boto3"])
@@ -434,16 +414,9 @@ def test_a_version_id_the_store_ignores_is_not_pinned(monkeypatch, home):
 
 
 def test_tls_failure_is_a_clear_error_not_an_offline_fallback(monkeypatch, home, tmp_path):
-    import shutil
-    import ssl
-
-    if not shutil.which("openssl"):
-        pytest.skip("needs the openssl command to make a certificate")
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     stub = _Stub(lambda path: (200, {}, _listing(["m/w"])))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    stub.server.socket = ctx.wrap_socket(stub.server.socket, server_side=True)
+    wrap(stub.server, cert, key)
     for k, v in s3_env(stub.endpoint.replace("http://", "https://")).items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
@@ -452,12 +425,3 @@ def test_tls_failure_is_a_clear_error_not_an_offline_fallback(monkeypatch, home,
     with pytest.raises(ConfigError, match="TLS verification of the S3 endpoint failed .*set AWS_CA_BUNDLE"):
         warmstart.pull("s3://models/m")
     assert len(stub.requests) == 0  # refused at the handshake, and not retried
-
-
-def _self_signed(tmp_path):
-    """A certificate for 127.0.0.1 signed by itself, and its key."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-                    "-out", str(cert)], check=True, capture_output=True)
-    return cert, key
