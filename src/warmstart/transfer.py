@@ -13,10 +13,11 @@ connection per host and repeatedly takes the next task from a shared scheduler:
 Chunks are handed out file by file, ``chunk_size`` each (16 MiB: few requests, each costing a round
 trip and origin work) until the last round, which is split evenly across the workers so they end
 together; an idle worker near the end splits the largest chunk still in flight, when what is left of
-it would take longer than a new request's first byte. CDNs cap each connection, so the number of connections adapts: the engine
-starts with ``min_connections`` and adds half as many again while the aggregate rate still grows by
-≥15 %, up to ``max_connections`` (defaults 16 and 64;
-``WARMSTART_MIN_CONNECTIONS``/``WARMSTART_MAX_CONNECTIONS``). Each rate is measured over 0.25 s once
+it would take longer than a new request's first byte.
+
+CDNs cap each connection, so the number of connections adapts: the engine starts with
+``min_connections`` and adds half as many again while the aggregate rate still grows by ≥15 %, up to
+``max_connections`` (defaults 16 and 64; ``WARMSTART_MIN_CONNECTIONS``/``WARMSTART_MAX_CONNECTIONS``). Each rate is measured over 0.25 s once
 every connection of the step receives bytes, so an origin slow to answer the first requests of a
 step does not pass for a link that more connections would fill.
 
@@ -396,9 +397,9 @@ class Transfer:
 
     def _steal(self) -> tuple | None:
         # Splitting L bytes in flight ends them after ttfb + L/2r instead of L/r (r: one connection's
-        # rate), which is sooner when L > 2 r ttfb: about 1 MB at 20 MB/s and 25 ms. The split point
-        # stays beyond the victim's read in progress (up to BUFFER bytes from its position), or those
-        # bytes would come twice.
+        # rate), which is sooner when L > 2 r ttfb (1 MB at 20 MB/s and 25 ms). The split point stays
+        # beyond the victim's read in progress (up to BUFFER bytes from its position), or those bytes
+        # would come twice; so only rests over 2 * BUFFER are split, and 4 MiB until rates are known.
         threshold = 4 * MiB if self._conn_bps is None else 2 * self._conn_bps * self._ttfb_s
         best, best_left = None, int(max(2 * BUFFER, threshold))
         for f in self._files:
