@@ -166,41 +166,7 @@ def test_resolve_headers_redirect_and_ranges(hub):
 # ------------------------------------------------------------------------------------------ shaping
 
 
-def _timed_range_reads(url: str, n_conns: int, nbytes: int) -> float:
-    u = urlsplit(url)
-    errors: list[BaseException] = []
-
-    def one(i: int) -> None:
-        try:
-            c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-            status, _, body = fetch(url, headers={"Range": f"bytes={i * nbytes}-{(i + 1) * nbytes - 1}"}, conn=c)
-            assert status == 206 and len(body) == nbytes
-            c.close()
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n_conns)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    return time.perf_counter() - t0
-
-
-def test_shaping_per_connection_total_and_latency(hub):
-    cdn = fetch(hub.url(MINILM, "model.safetensors"), "HEAD")[1]["Location"]
-    hub.link = Link(per_conn_bps=8e6, total_bps=None)
-    rate = 8e6 / _timed_range_reads(cdn, 1, 8_000_000)
-    assert 0.5 * 8e6 < rate < 1.3 * 8e6, rate
-    hub.link = Link(per_conn_bps=8e6, total_bps=16e6)
-    rate = 16e6 / _timed_range_reads(cdn, 4, 4_000_000)
-    assert 0.5 * 16e6 < rate < 1.3 * 16e6, rate
-    hub.link = Link(latency_s=0.2)
-    t0 = time.perf_counter()
-    fetch(hub.url(MINILM, "config.json"), "HEAD")
-    assert time.perf_counter() - t0 >= 0.2
+# Shaping rates and latency are measured by bench/shaping.py, not asserted here (no timing in tests).
 
 
 # ------------------------------------------------------------------------------------------- faults
