@@ -144,3 +144,48 @@ def ws_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub: HubServer) -> 
     for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "WARMSTART_OFFLINE", "HF_HUB_CACHE", "WARMSTART_MAX_SIZE"):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+# ------------------------------------------------------------------------ as an unprivileged user
+
+
+class Unprivileged:
+    """Runs the ``warmstart`` command as ``nobody`` (root ignores permission bits, so tests of
+    read-only directories must not run as root). ``root`` is a world-writable scratch directory
+    outside pytest's root-only tmp tree; ``root / "home"`` is the user's cache home."""
+
+    def __init__(self, root: Path, uid: int, gid: int) -> None:
+        self.root, self.uid, self.gid = root, uid, gid
+
+    def run(self, args: list[str], *, timeout: float = 60, **env: str):
+        import subprocess
+        import sys
+
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("WARMSTART_", "HF_"))}
+        base.update(WARMSTART_HOME=str(self.root / "home"), HF_HOME=str(self.root / "hf-home"),
+                    HOME=str(self.root), PYTHONDONTWRITEBYTECODE="1", HF_HUB_DISABLE_TELEMETRY="1")
+        base.update(env)
+        cmd = [] if os.geteuid() != 0 else ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}",
+                                             "--clear-groups"]
+        return subprocess.run([*cmd, sys.executable, "-m", "warmstart.cli", *args], env=base,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def unprivileged() -> Iterator[Unprivileged]:
+    import shutil
+    import tempfile
+
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.fail("running as root needs setpriv (util-linux) to test permissions as nobody")
+    root = Path(tempfile.mkdtemp(prefix="ws-unpriv-", dir="/tmp"))
+    os.chmod(root, 0o777)
+    (root / "home").mkdir()
+    (root / "hf-home").mkdir()
+    uid, gid = (65534, 65534) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+    for d in (root / "home", root / "hf-home"):
+        os.chown(d, uid, gid)
+    try:
+        yield Unprivileged(root, uid, gid)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

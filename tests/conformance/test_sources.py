@@ -138,8 +138,19 @@ def test_auth_failure(case, home, request, monkeypatch):
         case.origin.faults.add("status5xx", status=403, times=None)
         with pytest.raises((GatedRepoError, TransferError)):
             warmstart.pull(ref)
-    else:
-        pytest.skip("local paths use the filesystem's permissions (and tests run as root)")
+    else:  # local paths: the filesystem's permissions, checked as an unprivileged user (root ignores them)
+        user = request.getfixturevalue("unprivileged")
+        private = user.root / "private-model"
+        private.mkdir(mode=0o700)  # owned by root
+        (private / "a.bin").write_bytes(b"x")
+        p = user.run(["pull", str(private)])
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1 and "ermission" in p.stderr, p.stderr
+        assert not list((user.root / "home").rglob("blobs/sha256/*/*"))
+        private.chmod(0o755)  # a readable directory holding an unreadable file
+        (private / "a.bin").chmod(0o600)
+        p = user.run(["pull", str(private)])
+        assert p.returncode == 1 and "a.bin: permission denied" in p.stderr, p.stderr
 
 
 def test_escaping_names(case, home, request):

@@ -28,7 +28,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..errors import NotFoundError
+from ..errors import GatedRepoError, NotFoundError
 from ..refs import Ref
 from .base import Listing, RemoteFile, Source, safe_relpath
 
@@ -111,8 +111,14 @@ def _key(f: RemoteFile, in_place: bool) -> str:
     return ("inplace-" if in_place else "") + f.key
 
 
+def _denied(exc: OSError) -> None:
+    """``os.walk`` error hook: an unreadable directory is an error the user must see, not an empty one."""
+    if isinstance(exc, PermissionError):
+        raise GatedRepoError(f"{exc.filename}: permission denied; pull it as a user who can read it") from None
+
+
 def _walk(root: Path, skip: set[str] = frozenset()):
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_denied, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS
                              and not (skip and os.path.realpath(os.path.join(dirpath, d)) in skip))
         for name in filenames:
@@ -122,6 +128,8 @@ def _walk(root: Path, skip: set[str] = frozenset()):
             except OSError:
                 continue  # a dangling symlink
             if os.path.isfile(path):
+                if not os.access(path, os.R_OK):
+                    raise GatedRepoError(f"{path}: permission denied; pull it as a user who can read it")
                 yield path.relative_to(root).as_posix(), path, st
 
 
