@@ -115,7 +115,8 @@ def cli(args: list[str], env: dict[str, str], outputs: list[str]) -> subprocess.
 
 def signed_url(origin: HttpOrigin, sig: str, userinfo: str = "") -> str:
     base = origin.url(PATH).replace("http://", f"http://{userinfo}", 1)
-    return f"{base}?X-Amz-Signature={sig}&X-Amz-Credential=SECRETCRED&X-Amz-Security-Token=SECRETTOKEN&token=SECRET2"
+    return (f"{base}?X-Amz-Signature={sig}&X-Amz-Credential=SECRETCRED&X-Amz-Security-Token=SECRETTOKEN"
+            "&token=SECRET2")
 
 
 def assert_nowhere(home: Path, outputs: list[str], secrets: tuple[str, ...] = SECRETS) -> None:
@@ -238,7 +239,7 @@ class _HostileHub(BaseHTTPRequestHandler):
         body = f"{HOSTILE} body".encode()
         self.send_response(409)
         self.send_header("X-Error-Code", f"Weird{HOSTILE}".encode("latin-1", "replace").decode("latin-1"))
-        self.send_header("X-Error-Message", f"conflict {HOSTILE} hf_test_token end".encode("latin-1").decode("latin-1"))
+        self.send_header("X-Error-Message", f"conflict {HOSTILE} hf_test_token end")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
