@@ -19,6 +19,8 @@ import socket
 import ssl
 import urllib.parse
 
+from ._redact import redact_url
+
 USER_AGENT = "warmstart/0.1"
 
 _ssl_context: ssl.SSLContext | None = None
@@ -72,8 +74,9 @@ class HTTPStatusError(Exception):
 
 
 def redact(url: str) -> str:
-    """Drop the query string (signed URLs carry credentials there)."""
-    return url.split("?", 1)[0]
+    """The URL as it may be printed: no query string (signed URLs carry credentials there), fragment
+    or ``user:password@`` (see ``warmstart._redact``)."""
+    return redact_url(url)
 
 
 def host_key(url: str) -> tuple[str, str]:

@@ -2,6 +2,11 @@
 
 Exit codes: 0 success, 1 runtime failure (one line on stderr), 2 bad usage. Progress bars go to
 stderr on a terminal only; ``--quiet`` or ``WARMSTART_QUIET=1`` silences them.
+
+Everything printed for people goes through ``warmstart._redact``: error lines and log lines lose
+secrets (URL query strings and credentials, tokens), and every line (tables too) shows control
+characters as visible escapes, so text from a server cannot drive the terminal. ``--json`` output
+escapes them by being JSON.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import sys
 import click
 
 from . import errors
+from ._redact import clean, for_terminal
 
 
 class _OneLine(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return f"warmstart: {record.getMessage()}"
+        return f"warmstart: {for_terminal(record.getMessage())}"
 
 
 def _setup_logging(verbose: int) -> None:
@@ -31,8 +37,13 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {for_terminal(message)}", err=True)
     sys.exit(code)
+
+
+def _echo(text: str, *, err: bool = False) -> None:
+    """Print lines for people: each line with its control characters escaped."""
+    click.echo("\n".join(clean(line) for line in str(text).split("\n")), err=err)
 
 
 def handle_errors(fn):
@@ -99,7 +110,7 @@ def pull(ref, revision, include, exclude, to, link, as_json, quiet, max_size, ti
     if as_json:
         emit_json(snap.to_json())
     else:
-        click.echo(str(snap.path))
+        click.echo(str(snap.path))  # a path the cache made (scripts read it as is)
 
 
 @main.command("push-oci")
@@ -121,7 +132,7 @@ def push_oci(ref, target, as_json, quiet) -> None:
         emit_json({"target": result.target, "digest": result.digest, "bytes_uploaded": result.uploaded,
                    "bytes_skipped": result.skipped})
     else:
-        click.echo(result.target)
+        _echo(result.target)
 
 
 @main.command("path")
@@ -178,8 +189,9 @@ def ls_cmd(as_json: bool) -> None:
         rows.append((e.model, e.revision[:12], ",".join(e.refs) or "-", _size(e.size), _size(e.shared),
                      _when(e.last_used), "pinned" if e.pinned else "-",
                      e.tier + (f" (in use: {','.join(map(str, e.in_use_by))})" if e.in_use_by else "")))
+    rows = [tuple(clean(c) for c in r) for r in rows]  # escaped before measuring, so columns line up
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    click.echo("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows))
+    _echo("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows))
 
 
 @main.command("du")
@@ -191,10 +203,10 @@ def du_cmd(as_json: bool) -> None:
     if as_json:
         emit_json(d)
         return
-    click.echo(f"{_size(d['blob_bytes'])} in {d['blobs']} blobs, {d['snapshots']} snapshots, "
+    _echo(f"{_size(d['blob_bytes'])} in {d['blobs']} blobs, {d['snapshots']} snapshots, "
                f"{_size(d['tmp_bytes'])} partial; budget {_size(d['budget'])}  ({d['home']})")
     if "memory_dir" in d:
-        click.echo(f"RAM tier: {_size(d['memory_bytes'])} of {_size(d['memory_budget'])}  ({d['memory_dir']})")
+        _echo(f"RAM tier: {_size(d['memory_bytes'])} of {_size(d['memory_budget'])}  ({d['memory_dir']})")
 
 
 def _plan_out(plan, as_json: bool, executed) -> None:
@@ -204,9 +216,9 @@ def _plan_out(plan, as_json: bool, executed) -> None:
             out["result"] = executed.to_json()
         emit_json(out)
         return
-    click.echo(plan.describe())
+    _echo(plan.describe())
     if executed is not None:
-        click.echo(f"removed {executed.snapshots} snapshot(s) and {executed.blobs} blob(s), "
+        _echo(f"removed {executed.snapshots} snapshot(s) and {executed.blobs} blob(s), "
                    f"freed {_size(executed.freed)}")
 
 
@@ -248,13 +260,13 @@ def verify_cmd(ref: str | None, revision: str | None, repair: bool, as_json: boo
         emit_json(r.to_json())
     else:
         rate = r.bytes / r.seconds / 1e6 if r.seconds else 0.0
-        click.echo(f"verified {r.checked} blobs, {_size(r.bytes)} in {r.seconds:.2f}s ({rate:.0f} MB/s)")
+        _echo(f"verified {r.checked} blobs, {_size(r.bytes)} in {r.seconds:.2f}s ({rate:.0f} MB/s)")
         for d in r.corrupt:
-            click.echo(f"corrupt: {d} (quarantined)")
+            _echo(f"corrupt: {d} (quarantined)")
         for d in r.missing:
-            click.echo(f"missing: {d}")
+            _echo(f"missing: {d}")
         for s in r.repaired:
-            click.echo(f"repaired: {s}")
+            _echo(f"repaired: {s}")
     if not r.ok:
         _fail(f"{len(r.corrupt)} corrupt and {len(r.missing)} missing blob(s); run `warmstart verify --repair`")
 
@@ -266,7 +278,7 @@ def _pin(ref: str, revision: str | None, pinned: bool, as_json: bool) -> None:
         emit_json([{"model": r.source, "revision": r.revision, "pinned": pinned} for r in rows])
     else:
         for r in rows:
-            click.echo(f"{'pinned' if pinned else 'unpinned'} {r.source}@{r.revision}")
+            _echo(f"{'pinned' if pinned else 'unpinned'} {r.source}@{r.revision}")
 
 
 @main.command("pin")
@@ -301,10 +313,10 @@ def adopt_cmd(hf_cache_dir: str | None, dry_run: bool, as_json: bool) -> None:
         emit_json(r.to_json())
         return
     for a in r.adopted:
-        click.echo(f"{'would adopt' if dry_run else 'adopted'} {a}")
+        _echo(f"{'would adopt' if dry_run else 'adopted'} {a}")
     for s in r.skipped:
-        click.echo(f"skipped {s}")
-    click.echo(f"linked {_size(r.linked_bytes)}, copied {_size(r.copied_bytes)}"
+        _echo(f"skipped {s}")
+    _echo(f"linked {_size(r.linked_bytes)}, copied {_size(r.copied_bytes)}"
                + (f"; {_size(r.would_copy)} is on another filesystem and would be copied" if r.would_copy else ""))
 
 
@@ -329,7 +341,7 @@ def convert_cmd(src: str, recipe: str, world_size: int | None, shard_size: str |
     if as_json:
         emit_json(c.to_json())
         return
-    click.echo(f"{'converted' if c.converted else 'cached'}: {len(c.files)} files, {_size(c.size)}, "
+    _echo(f"{'converted' if c.converted else 'cached'}: {len(c.files)} files, {_size(c.size)}, "
                f"{c.world_size} rank(s), key {c.key[:12]}", err=True)
     click.echo(str(c.path))
 

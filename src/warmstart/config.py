@@ -54,7 +54,7 @@ class Settings:
     max_size: int | None = None
     offline: bool = False
     endpoint: str = DEFAULT_ENDPOINT
-    token: str | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)  # HF_TOKEN: never printed
     quiet: bool = False
     memory_dir: Path | None = None
     memory_max_size: int | None = None

@@ -13,9 +13,22 @@ hf://org/missing: repository not found; check the name
 
 from __future__ import annotations
 
+from ._redact import for_terminal
+
 
 class WarmstartError(Exception):
-    """Base class of every error warmstart raises on purpose."""
+    """Base class of every error warmstart raises on purpose.
+
+    Its text never carries a secret or a control character, whatever went into it (a server's error
+    message, a file name from a listing, a signed URL): URLs lose their query string and credentials,
+    and control characters are escaped (see ``warmstart._redact``).
+
+    >>> print(WarmstartError("HTTP 500 from https://h/x?X-Amz-Signature=abc: \x1b[2Jboom"))
+    HTTP 500 from https://h/x: \\x1b[2Jboom
+    """
+
+    def __str__(self) -> str:
+        return for_terminal(super().__str__())
 
 
 class RefError(WarmstartError, ValueError):

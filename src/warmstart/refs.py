@@ -12,6 +12,15 @@
 Ref(scheme='hf', location='Qwen/Qwen2.5-0.5B', revision='main')
 >>> str(parse("hf://org/name"))
 'hf://org/name'
+
+An HTTP(S) ref is named, printed and stored without its query string, fragment and ``user:password@``
+(a signed URL carries its credentials there); the URL as given is kept apart, for the requests only:
+
+>>> r = parse("https://u:pw@cdn.example.com/m/model.safetensors?X-Amz-Signature=abc")
+>>> r
+Ref(scheme='https', location='https://cdn.example.com/m/model.safetensors', revision=None)
+>>> r.request_url
+'https://u:pw@cdn.example.com/m/model.safetensors?X-Amz-Signature=abc'
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import urllib.parse
 
+from ._redact import redact_url
 from .errors import RefError
 
 GRAMMAR = (
@@ -50,6 +61,9 @@ class Ref:
     scheme: str
     location: str
     revision: str | None = None
+    #: http(s) only: the URL as given, with its query string and credentials. Used for the requests and
+    #: nothing else: never printed, logged or stored, and not part of the ref's identity.
+    request_url: str | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         if self.scheme in ("http", "https"):
@@ -83,7 +97,7 @@ class Ref:
 
 
 def _bad(text: str, why: str) -> RefError:
-    return RefError(f"invalid reference {text!r}: {why}; {GRAMMAR}")
+    return RefError(f"invalid reference {redact_url(text)!r}: {why}; {GRAMMAR}")
 
 
 def _split_rev(body: str, text: str) -> tuple[str, str | None]:
@@ -129,9 +143,7 @@ def _parse(text: str) -> Ref:
         if scheme == "oci":
             return _parse_oci(body, text)
         if scheme in ("http", "https"):
-            if not body or body.startswith("/"):
-                raise _bad(text, "a URL needs a host")
-            return Ref(scheme, text)
+            return _parse_url(scheme, text)
         if scheme == "file":
             if not body.startswith("/"):
                 raise _bad(text, "file:// needs an absolute path (file:///PATH)")
@@ -144,6 +156,25 @@ def _parse(text: str) -> Ref:
     if _HF_REPO.fullmatch(loc):
         return Ref("hf", loc, rev)
     raise _bad(text, "not a path that exists, nor ORG/NAME")
+
+
+def _parse_url(scheme: str, text: str) -> Ref:
+    """An HTTP(S) URL: the location (the cache's name for it) drops the query string, fragment and
+    userinfo; ``request_url`` keeps the URL as given."""
+    if any(c.isspace() or ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in text):
+        raise _bad(text, "a URL has no spaces or control characters (percent-encode them)")
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:  # its text may quote a password: not shown
+        raise _bad(text, "malformed URL (bad host or port)") from None
+    host = parts.netloc.rpartition("@")[2]
+    if not parts.hostname or not host:
+        raise _bad(text, "a URL needs a host")
+    location = redact_url(text)
+    if location != f"{scheme}://{host}{parts.path}":
+        raise _bad(text, "percent-encode '@', '?' and '#' in the user name, password and query")
+    return Ref(scheme, location, request_url=text if text != location else None)
 
 
 def _parse_oci(body: str, text: str) -> Ref:

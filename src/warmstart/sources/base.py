@@ -19,6 +19,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import ClassVar
 
+from .._redact import redact_url
 from ..config import Settings
 from ..errors import OfflineError, UnsafePathError
 from ..refs import Ref
@@ -31,10 +32,10 @@ class RemoteFile:
 
     path: str
     size: int | None
-    url: str
+    url: str = dataclasses.field(repr=False)  # may be signed: never printed or stored as is
     sha256: str | None = None
     etag: str | None = None
-    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)  # may hold a token
     ranges: bool = True
     #: False when ``size`` and Range support are known, so the engine skips its HEAD (a presigned S3
     #: URL is signed for GET only)
@@ -43,12 +44,15 @@ class RemoteFile:
 
     @property
     def key(self) -> str:
-        """A stable, filesystem-safe name for partial and lock files."""
+        """A stable, filesystem-safe name for partial and lock files, and the cache's name of the bytes
+        of a file without sha256. It ignores the URL's query string and credentials, so a freshly
+        signed URL of the same object (same ETag and size) is a cache hit, not a second download."""
         if self.sha256:
             return self.sha256
         import hashlib
 
-        return "u-" + hashlib.sha256(f"{self.url}\0{self.etag}\0{self.size}".encode()).hexdigest()[:40]
+        text = f"{redact_url(self.url)}\0{self.etag}\0{self.size}"
+        return "u-" + hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ import time
 import urllib.parse
 
 from .. import _http
+from .._redact import clean
 from ..errors import GatedRepoError, NotFoundError, TransferError
 from ..refs import Ref
 from .base import Listing, OriginUnreachable, RemoteFile, Source
@@ -118,5 +119,9 @@ class HubSource(Source):
             why = "your HF_TOKEN is not valid or has no access" if self.settings.token else "it is private"
             return GatedRepoError(f"{ref}: access denied (HTTP {status}, {why}); set HF_TOKEN to a token "
                                   "with access to this repository")
-        detail = f": {message}" if message else ""
+        # the server's own words: one line, no control characters (no terminal escapes), bounded, and
+        # never our token (a server may quote the request)
+        if message and self.settings.token:
+            message = message.replace(self.settings.token, "***")
+        detail = f": {clean(' '.join(message.split()))[:300]}" if message else ""
         return TransferError(f"{ref}: the Hub answered HTTP {status}{detail}")

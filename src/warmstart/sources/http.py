@@ -5,6 +5,11 @@ bytes``), and its ETag or Last-Modified, which make the revision. Ranged GETs th
 ``If-Match`` (a strong ETag) or ``If-Unmodified-Since``, so a file that changes mid-download fails
 with HTTP 412 instead of mixing two versions. Without Range support the engine uses one stream.
 
+The model's name in the cache is the URL without query string, fragment and ``user:password@`` (see
+``refs.py``): a signed URL (S3 presigned, CDN signatures, tokens) is requested as given but never
+printed, logged or stored, and a fresh signature of the same object is a cache hit. Credentials in
+the URL are sent as HTTP Basic authentication, and not to another host after a redirect.
+
 >>> http_revision('"abc"', None, 3)[:8]
 '255915d5'
 >>> file_name("https://host/models/a%20b.safetensors?sig=1")
@@ -13,6 +18,7 @@ with HTTP 412 instead of mixing two versions. Without Range support the engine u
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import urllib.parse
@@ -45,14 +51,14 @@ class HttpSource(Source):
     default_revision = "latest"
 
     def resolve(self, ref: Ref) -> Listing:
-        url = ref.location
+        url, auth = request_target(ref.request_url or ref.location)
         client = _http.Client(timeout=30.0)
         try:
-            final, resp = client.follow("HEAD", url)
+            final, resp = client.follow("HEAD", url, auth)
             _http.drain(resp)
             headers = _http.headers_of(resp)
             if resp.status == 405:  # no HEAD: ask for the first byte instead
-                final, resp = client.follow("GET", url, {"Range": "bytes=0-0"})
+                final, resp = client.follow("GET", url, {"Range": "bytes=0-0", **auth})
                 _http.drain(resp)
                 headers = _http.headers_of(resp)
         except _http.HTTPStatusError as exc:
@@ -82,12 +88,28 @@ class HttpSource(Source):
             cond["If-Unmodified-Since"] = last_modified
         revision = http_revision(etag, last_modified, size)
         f = RemoteFile(path=file_name(url), size=size, url=url, etag=etag or last_modified,
-                       headers=cond, ranges=ranges and size is not None,
+                       headers={**cond, **auth}, ranges=ranges and size is not None,
                        probe=final != url)  # ranged GETs go straight to URL unless it redirects
         return Listing(ref, revision, (f,))
 
     def key(self, ref: Ref) -> str:
         return _http.redact(ref.location)
+
+
+def request_target(url: str) -> tuple[str, dict[str, str]]:
+    """The URL to request (userinfo and fragment removed, query kept) and the Basic ``Authorization``
+    header its ``user:password@`` asks for (none without).
+
+    >>> request_target("https://u:p%40ss@h/x?sig=1#f")
+    ('https://h/x?sig=1', {'Authorization': 'Basic dTpwQHNz'})
+    """
+    p = urllib.parse.urlsplit(url)
+    host = p.netloc.rpartition("@")[2]
+    target = urllib.parse.urlunsplit((p.scheme, host, p.path, p.query, ""))
+    if p.username is None:
+        return target, {}
+    creds = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
+    return target, {"Authorization": "Basic " + base64.b64encode(creds.encode()).decode()}
 
 
 def _size(status: int, headers: dict[str, str]) -> int | None:

@@ -56,8 +56,8 @@ BACKOFF_S = 0.1  #: first retry delay; doubled per attempt (up to 5 s), with jit
 @dataclasses.dataclass(frozen=True)
 class Credentials:
     key: str
-    secret: str
-    token: str | None = None
+    secret: str = dataclasses.field(repr=False)  # never printed (nor the session token)
+    token: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
