@@ -46,7 +46,8 @@ def _key(ref: Ref) -> str:
 
 
 def _finish(cache: Cache, ref: Ref, revision: str, files: list[FileEntry], opts: PullOptions,
-            t0: float, downloaded: int = 0, refs: dict[str, str] | None = None) -> Snapshot:
+            t0: float, downloaded: int = 0, refs: dict[str, str] | None = None,
+            reused: int | None = None) -> Snapshot:
     files = [f for f in files if _selected(f.path, opts)]
     if ref.scheme == "hf":
         path = cache.layout.hub_repo(ref.repo_id) / "snapshots" / revision
@@ -60,7 +61,8 @@ def _finish(cache: Cache, ref: Ref, revision: str, files: list[FileEntry], opts:
     total = sum(f.size for f in files)
     return Snapshot(
         ref=str(ref.with_revision(revision)), revision=revision, path=Path(opts.to or path),
-        files=snap_files, downloaded=downloaded, from_cache=max(0, total - downloaded),
+        files=snap_files, downloaded=downloaded,
+        from_cache=max(0, total - downloaded) if reused is None else min(reused, total),
         seconds=time.monotonic() - t0, cache_path=path,
     )
 
@@ -119,10 +121,13 @@ def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOpt
     if opts.include and not chosen:
         raise NotFoundError(f"{ref}: no file matches --include {' '.join(opts.include)}; "
                             f"the model has: {', '.join(f.path for f in listing.files[:8])}")
-    # A source may put the files into the cache itself (local paths, OCI tar layers): (entries, bytes).
+    # A source may put the files into the cache itself (local paths, OCI tar layers): (entries, bytes
+    # read[, bytes served from the cache] — a tar layer's download unpacks to more than it read).
     made = source.materialize(listing, chosen, cache, settings, opts) if source is not None else None
+    reused = None
     if made is not None:
         entries, downloaded = {e.path: e for e in made[0]}, made[1]
+        reused = made[2] if len(made) > 2 else None
         files = list(entries.values())
         _record(cache, _key(ref), listing.revision, entries)
     else:
@@ -141,7 +146,7 @@ def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOpt
         name = ref.revision or default_revision(ref.scheme)
         cache.index.set_ref(_key(ref), name, listing.revision)
         refs[name] = listing.revision
-    return _finish(cache, ref, listing.revision, files, opts, t0, downloaded, refs)
+    return _finish(cache, ref, listing.revision, files, opts, t0, downloaded, refs, reused)
 
 
 def _record(cache: Cache, key: str, revision: str, entries: dict[str, FileEntry]) -> None:

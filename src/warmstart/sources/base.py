@@ -92,10 +92,12 @@ class Source(abc.ABC):
         GatedRepoError, OriginUnreachable."""
 
     def materialize(self, listing: Listing, files: list[RemoteFile], cache, settings: Settings,
-                    opts) -> tuple[list, int] | None:
+                    opts) -> tuple[list, int] | tuple[list, int, int] | None:
         """Put ``files`` into ``cache`` without the transfer engine and return ``(file entries, bytes
         read)``, or ``None`` (the default) to let the engine fetch them by URL. Local paths and OCI
-        tar layers use this."""
+        tar layers use this. A third value, when given, is the bytes served from the cache (otherwise
+        everything not read counts as from the cache; an unpacked archive reads fewer bytes than it
+        yields)."""
         return None
 
     def key(self, ref: Ref) -> str:

@@ -6,6 +6,13 @@ sent again with ``Authorization: Bearer <token>``; ``WWW-Authenticate: Basic`` g
 directly. Credentials come from a docker-style ``config.json`` (``{"auths": {"HOST": {"auth":
 base64("user:pass")}}}``; see ``Settings.registry_auth_file``).
 
+Where credentials may go (:func:`credentials_refused`): the registry's user and password go only to the
+registry's own host name (any port), or to a token service whose host is listed in
+``WARMSTART_OCI_AUTH_HOSTS``, and only over HTTPS, or plain HTTP to loopback. A bearer challenge
+naming any other realm gets a token request without them (anonymous pull). The Authorization header
+that worked is sent only to the registry's own scheme and host; blob redirects to another host
+(storage, CDNs) drop it (``_http.Client.follow`` and the transfer engine).
+
 HTTPS by default; plain HTTP for registries on loopback (as container tools treat them) or listed in
 ``WARMSTART_INSECURE_REGISTRIES``.
 
@@ -13,6 +20,10 @@ HTTPS by default; plain HTTP for registries on loopback (as container tools trea
 ('bearer', {'realm': 'https://auth.io/token', 'service': 'reg', 'scope': 'repository:a/b:pull'})
 >>> registry_scheme("127.0.0.1:5000", ()), registry_scheme("ghcr.io", ())
 ('http', 'https')
+>>> credentials_refused("ghcr.io", "https://ghcr.io/token", ()) is None
+True
+>>> credentials_refused("ghcr.io", "https://auth.evil.example/token", ())
+'auth.evil.example is not the registry ghcr.io (list it in WARMSTART_OCI_AUTH_HOSTS if it is its token service)'
 """
 
 from __future__ import annotations
@@ -32,6 +43,9 @@ from ..config import Settings
 from ..errors import GatedRepoError, NotFoundError, TransferError
 from .base import OriginUnreachable
 
+# A token answer is a small JSON object; anything larger is refused before it is parsed.
+MAX_TOKEN_ANSWER = 1 << 20
+
 log = logging.getLogger(__name__)
 
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
@@ -45,6 +59,13 @@ def parse_challenge(value: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+_TOKEN = re.compile(r"[\x21-\x7e]{1,65536}")  # printable, no spaces: what may go into a header
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)[:200]
+
+
 def registry_scheme(host: str, insecure: tuple[str, ...]) -> str:
     """``http`` for loopback registries and those marked insecure, else ``https``."""
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:host.index("]")]
@@ -56,22 +77,70 @@ def registry_scheme(host: str, insecure: tuple[str, ...]) -> str:
         return "https"
 
 
+def _is_loopback(name: str) -> bool:
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def credentials_refused(registry_host: str, url: str, allowed_hosts: tuple[str, ...]) -> str | None:
+    """Why the user and password of ``registry_host`` must not be sent to ``url``, or None when they
+    may: ``url`` is HTTPS (or plain HTTP to a loopback address) and its host is the registry's own
+    host name (any port) or is listed in ``allowed_hosts`` (``host`` or ``host:port``).
+
+    >>> credentials_refused("reg.example:5000", "https://reg.example/token", ())   # same host, other port
+    >>> credentials_refused("reg.example", "http://reg.example/token", ())
+    'http://reg.example is plain HTTP to a host that is not loopback'
+    >>> credentials_refused("127.0.0.1:5000", "http://127.0.0.1:5001/token", ())
+    >>> credentials_refused("reg.example", "https://auth.example/token", ("auth.example",))
+    """
+    try:
+        p = urllib.parse.urlsplit(url)
+        name, port = (p.hostname or "").lower(), p.port
+    except ValueError:
+        return f"{url!r} is not a valid URL"
+    if p.scheme not in ("http", "https") or not name:
+        return f"{url!r} is not an http(s) URL"
+    if p.scheme == "http" and not _is_loopback(name):
+        return f"http://{p.netloc} is plain HTTP to a host that is not loopback"
+    try:
+        own = (urllib.parse.urlsplit("//" + registry_host).hostname or "").lower()
+    except ValueError:
+        own = ""
+    allowed = {h.strip().lower() for h in allowed_hosts}
+    if name == own or name in allowed or (port is not None and f"{name}:{port}" in allowed):
+        return None
+    return (f"{name} is not the registry {registry_host} (list it in WARMSTART_OCI_AUTH_HOSTS if it is its "
+            "token service)")
+
+
 def load_credentials(path: Path | None, host: str) -> tuple[str, str] | None:
-    """(user, password) for ``host`` from a docker-style config.json, if any."""
+    """(user, password) for ``host`` from a docker-style config.json, if any (None for an unreadable
+    or malformed file: the pull then goes on anonymously)."""
     if path is None:
         return None
     try:
-        auths = json.loads(path.read_text()).get("auths", {})
-    except (OSError, ValueError, AttributeError):
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    for key in (host, f"https://{host}", f"http://{host}", f"https://{host}/v1/"):
-        entry = auths.get(key)
-        if isinstance(entry, dict):
-            if entry.get("auth"):
-                user, _, pw = base64.b64decode(entry["auth"]).decode().partition(":")
-                return user, pw
-            if entry.get("username"):
-                return entry["username"], entry.get("password", "")
+    except OSError as exc:
+        log.warning("%s: cannot read it (%s); going on without registry credentials", path, exc.strerror or exc)
+        return None
+    try:
+        auths = json.loads(text).get("auths", {})
+        for key in (host, f"https://{host}", f"http://{host}", f"https://{host}/v1/"):
+            entry = auths.get(key)
+            if isinstance(entry, dict):
+                if entry.get("auth"):
+                    user, _, pw = base64.b64decode(entry["auth"]).decode().partition(":")
+                    return user, pw
+                if entry.get("username"):
+                    return str(entry["username"]), str(entry.get("password", ""))
+    except (ValueError, AttributeError, TypeError, RecursionError):
+        log.warning("%s: not a docker-style config.json; going on without registry credentials", path)
     return None
 
 
@@ -87,6 +156,7 @@ class Registry:
         self.host, self.repo = host, repo
         self.base = f"{registry_scheme(host, settings.insecure_registries)}://{host}"
         self.credentials = credentials or load_credentials(settings.registry_auth_file, host)
+        self.auth_hosts = settings.oci_auth_hosts
         self.actions = "pull,push" if push else "pull"
         self.auth: dict[str, str] = {}
         self.client = _http.Client(timeout=60.0)
@@ -101,14 +171,16 @@ class Registry:
     def request(self, method: str, url: str, headers: dict[str, str] | None = None,
                 body: bytes | BinaryIO | None = None, length: int | None = None) -> tuple[int, dict, bytes]:
         """One request with auth (a 401 is answered once); returns (status, headers, small body)."""
+        own = _http.host_key(url) == _http.host_key(self.base)
         for attempt in range(2):
-            hdrs = {**self.auth, **(headers or {})}
+            # what authenticated us goes to the registry itself only, never to a Location elsewhere
+            hdrs = {**(self.auth if own else {}), **(headers or {})}
             try:
                 status, rh, data = self._send(method, url, hdrs, body, length)
             except (OSError, http.client.HTTPException) as exc:
                 raise OriginUnreachable(f"registry {self.host} is unreachable ({type(exc).__name__}); check "
                                         "the name, or WARMSTART_INSECURE_REGISTRIES for a plain-HTTP one") from None
-            if status != 401:
+            if status != 401 or not own:  # another host's challenge is not ours to answer
                 return status, rh, data
             if attempt == 0:
                 self._authenticate(rh.get("www-authenticate", ""))
@@ -136,37 +208,65 @@ class Registry:
         finally:
             conn.close()
 
+    def _basic(self) -> dict[str, str]:
+        assert self.credentials is not None
+        return {"Authorization": "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()}
+
     def _authenticate(self, challenge: str) -> None:
         scheme, params = parse_challenge(challenge)
         creds = self.credentials
+        ref = f"oci://{self.host}/{self.repo}"
         if scheme == "basic":
             if not creds:
-                raise GatedRepoError(f"oci://{self.host}/{self.repo}: the registry needs a user and password; "
+                raise GatedRepoError(f"{ref}: the registry needs a user and password; "
                                      "add them to REGISTRY_AUTH_FILE or ~/.docker/config.json")
-            self.auth = {"Authorization": "Basic " + base64.b64encode(":".join(creds).encode()).decode()}
+            why = credentials_refused(self.host, self.base, ())
+            if why:
+                raise GatedRepoError(f"{ref}: not sending the registry's password: {why}; serve the registry "
+                                     "over HTTPS")
+            self.auth = self._basic()
             return
         if scheme != "bearer" or "realm" not in params:
-            raise GatedRepoError(f"oci://{self.host}/{self.repo}: unsupported auth challenge {challenge!r}")
+            raise GatedRepoError(f"{ref}: unsupported auth challenge {_printable(challenge)!r}")
+        realm = params["realm"]
+        try:
+            p = urllib.parse.urlsplit(realm)
+            ok = p.scheme in ("http", "https") and bool(p.hostname) and (p.port or 1) > 0
+        except ValueError:  # a malformed host or port
+            ok = False
+        if not ok:
+            raise GatedRepoError(f"{ref}: the registry's token realm {_printable(realm)!r} is not an http(s) URL")
         query = {"service": params.get("service", ""),
                  "scope": params.get("scope") or f"repository:{self.repo}:{self.actions}"}
-        url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urllib.parse.urlencode(query)
+        url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
         hdrs = {}
-        if creds:
-            hdrs["Authorization"] = "Basic " + base64.b64encode(":".join(creds).encode()).decode()
+        refused = credentials_refused(self.host, realm, self.auth_hosts) if creds else None
+        if creds and refused:
+            log.warning("%s: asking the token service for an anonymous token, without the registry's password: "
+                        "%s", ref, refused)
+        elif creds:
+            hdrs = self._basic()
+        client = _http.Client(timeout=60.0)  # its own connection: the realm may be another host
         try:
-            resp = self.client.request("GET", url, hdrs)
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
+            resp = client.request("GET", url, hdrs)
+            data = resp.read(MAX_TOKEN_ANSWER + 1)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             raise OriginUnreachable(f"token service of {self.host} is unreachable ({type(exc).__name__})") from None
+        finally:
+            client.close()
         if resp.status in (401, 403):
-            raise GatedRepoError(f"oci://{self.host}/{self.repo}: the token service refused the credentials "
-                                 f"(HTTP {resp.status}); check REGISTRY_AUTH_FILE or ~/.docker/config.json")
+            hint = (f"the registry's password was not sent to it ({refused})" if refused else
+                    "check REGISTRY_AUTH_FILE or ~/.docker/config.json")
+            raise GatedRepoError(f"{ref}: the token service refused the request (HTTP {resp.status}); {hint}")
         if resp.status != 200:
             raise TransferError(f"token service of {self.host} answered HTTP {resp.status}")
-        body = json.loads(data)
-        token = body.get("token") or body.get("access_token")
-        if not token:
-            raise TransferError(f"token service of {self.host} returned no token")
+        try:
+            body = json.loads(data) if len(data) <= MAX_TOKEN_ANSWER else None
+            token = body.get("token") or body.get("access_token")  # type: ignore[union-attr]
+        except (ValueError, AttributeError, RecursionError):
+            token = None
+        if not isinstance(token, str) or not token or not _TOKEN.fullmatch(token):
+            raise TransferError(f"token service of {self.host} returned no usable token")
         self.auth = {"Authorization": f"Bearer {token}"}
 
     def check(self, status: int, what: str, data: bytes = b"") -> None:
