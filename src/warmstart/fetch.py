@@ -17,7 +17,7 @@ from .cache.index import FileEntry
 from .cache.manager import Cache
 from .cache.views import hub_view, plain_view, source_view, view_is_complete
 from .config import Settings
-from .errors import NotFoundError, OfflineError
+from .errors import NotFoundError, OfflineError, ReadOnlyCacheError
 from .refs import Ref, default_revision
 from .snapshot import Snapshot, SnapshotFile
 
@@ -115,6 +115,13 @@ def pull(ref: Ref, settings: Settings, opts: PullOptions, *, cache: Cache | None
 
 def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOptions, t0: float,
               source=None) -> Snapshot:
+    if cache.read_only:  # serve the resolved revision if it is cached; nothing new can be stored
+        snap = from_cache(cache, ref.with_revision(listing.revision), opts, t0, notice=None)
+        if snap is None:
+            raise ReadOnlyCacheError(f"{ref} at {listing.revision[:12]} is not in the cache, and the cache home "
+                                     f"{cache.layout.home} is read-only; set WARMSTART_HOME to a writable "
+                                     "directory to pull it")
+        return snap
     chosen = [f for f in listing.files if _selected(f.path, opts)]
     if opts.include and not chosen:
         raise NotFoundError(f"{ref}: no file matches --include {' '.join(opts.include)}; "

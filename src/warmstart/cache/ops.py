@@ -242,6 +242,13 @@ class Manager(Cache):
         return VerifyReport(len(digests), hashed, time.monotonic() - t0, tuple(corrupt), tuple(missing),
                             tuple(repaired), tuple(quarantined), _all_repaired=bool(repaired) and not left)
 
+    def rebuild_index(self):
+        """Move a damaged ``index.db`` aside and rebuild it from the blobs and views on disk (pins and
+        last-use times are lost); returns a :class:`~warmstart.cache.rebuild.RebuildReport`."""
+        from .rebuild import rebuild_index
+
+        return rebuild_index(self)
+
     def _quarantine(self, digest: str) -> Path:
         """Move a corrupt blob out of ``blobs/`` (never served again, kept for inspection)."""
         self.layout.quarantine.mkdir(parents=True, exist_ok=True)
