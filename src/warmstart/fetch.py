@@ -172,7 +172,8 @@ def _fetch(cache: Cache, ref: Ref, chosen: list, settings: Settings, opts: PullO
     for f in chosen:
         digest = f.sha256 or cache.digest_for_key(f.key)
         if digest and cache.store.has(digest, f.size):
-            entries[f.path] = FileEntry(f.path, digest, cache.store.path(digest).stat().st_size, f.etag)
+            entries[f.path] = FileEntry(f.path, digest, cache.store.path(digest).stat().st_size, f.etag,
+                                        f.git_oid)
             continue
         if f.key in by_key:  # the same content twice in one model: fetch it once
             by_key[f.key].append(f)
@@ -191,7 +192,8 @@ def _fetch(cache: Cache, ref: Ref, chosen: list, settings: Settings, opts: PullO
             if settings.shared_dir is not None:  # publish to the shared tier (cache/tiers.py)
                 from .cache.tiers import shared_publish, shared_publish_key
 
-                if shared_publish(settings.shared_dir, cache.store.path(digest), digest) and not result.job.sha256:
+                published = shared_publish(settings.shared_dir, cache.store.path(digest), digest)
+                if published and not result.job.sha256 and result.job.git_oid:  # readers check the git oid
                     shared_publish_key(settings.shared_dir, result.job.key, digest)
             cache.index.add_blob(digest, result.size)
             if not result.job.sha256:
@@ -201,7 +203,7 @@ def _fetch(cache: Cache, ref: Ref, chosen: list, settings: Settings, opts: PullO
         if not cache.store.has(digest):
             raise NotFoundError(f"{result.job.name}: another process's download vanished; pull again")
         for f in by_key[result.job.key]:
-            entries[f.path] = FileEntry(f.path, digest, result.size or f.size or 0, f.etag)
+            entries[f.path] = FileEntry(f.path, digest, result.size or f.size or 0, f.etag, f.git_oid)
 
     def is_done(job) -> bool:
         digest = job.sha256 or cache.digest_for_key(job.key)
