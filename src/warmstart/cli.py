@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sqlite3
 import sys
 
 import click
@@ -63,6 +64,8 @@ def handle_errors(fn):
             _fail("interrupted; partial downloads are kept, run the same command to resume", 130)
         except OSError as exc:
             _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+        except sqlite3.Error as exc:  # the cache index translates these; a safety net all the same
+            _fail(f"the cache index failed ({exc}); if it persists, run `warmstart verify --rebuild-index`")
 
     return wrapper
 
@@ -251,13 +254,20 @@ def gc_cmd(max_size: str | None, dry_run: bool, as_json: bool) -> None:
 @click.argument("ref", required=False)
 @click.option("--revision")
 @click.option("--repair", is_flag=True, help="Fetch corrupt or missing blobs again.")
+@click.option("--rebuild-index", "rebuild", is_flag=True,
+              help="First move a damaged index.db aside and rebuild it from the blobs and views on disk.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def verify_cmd(ref: str | None, revision: str | None, repair: bool, as_json: bool) -> None:
+def verify_cmd(ref: str | None, revision: str | None, repair: bool, rebuild: bool, as_json: bool) -> None:
     """Re-hash cached blobs; corrupt ones are quarantined (and fetched again with --repair)."""
-    r = _manager().verify(ref, revision, repair=repair)
+    m = _manager()
+    rebuilt = m.rebuild_index() if rebuild else None
+    if rebuilt is not None and not as_json:
+        click.echo(f"rebuilt the index: {rebuilt.blobs} blobs, {rebuilt.snapshots} snapshots"
+                   + (f" (damaged index kept as {rebuilt.moved_to})" if rebuilt.moved_to else ""))
+    r = m.verify(ref, revision, repair=repair)
     if as_json:
-        emit_json(r.to_json())
+        emit_json({**r.to_json(), "rebuilt": rebuilt.to_json()} if rebuilt else r.to_json())
     else:
         rate = r.bytes / r.seconds / 1e6 if r.seconds else 0.0
         _echo(f"verified {r.checked} blobs, {_size(r.bytes)} in {r.seconds:.2f}s ({rate:.0f} MB/s)")

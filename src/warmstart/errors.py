@@ -77,3 +77,11 @@ class ConfigError(WarmstartError, ValueError):
 
 class RecipeError(WarmstartError, ValueError):
     """A conversion recipe is malformed or does not fit the model (names no tensor, split does not divide)."""
+
+
+class CacheIndexError(WarmstartError, OSError):
+    """The cache's index (``index.db``) cannot be read or written: corrupt, locked, or the disk failed."""
+
+
+class ReadOnlyCacheError(WarmstartError, PermissionError):
+    """The cache home is read-only: cached models are served, nothing new can be stored."""

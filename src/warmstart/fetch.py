@@ -17,7 +17,7 @@ from .cache.index import FileEntry
 from .cache.manager import Cache
 from .cache.views import hub_view, plain_view, source_view, view_is_complete
 from .config import Settings
-from .errors import NotFoundError, OfflineError
+from .errors import NotFoundError, OfflineError, ReadOnlyCacheError
 from .refs import Ref, default_revision
 from .snapshot import Snapshot, SnapshotFile
 
@@ -117,6 +117,13 @@ def pull(ref: Ref, settings: Settings, opts: PullOptions, *, cache: Cache | None
 
 def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOptions, t0: float,
               source=None) -> Snapshot:
+    if cache.read_only:  # serve the resolved revision if it is cached; nothing new can be stored
+        snap = from_cache(cache, ref.with_revision(listing.revision), opts, t0, notice=None)
+        if snap is None:
+            raise ReadOnlyCacheError(f"{ref} at {listing.revision[:12]} is not in the cache, and the cache home "
+                                     f"{cache.layout.home} is read-only; set WARMSTART_HOME to a writable "
+                                     "directory to pull it")
+        return snap
     chosen = [f for f in listing.files if _selected(f.path, opts)]
     if opts.include and not chosen:
         raise NotFoundError(f"{ref}: no file matches --include {' '.join(opts.include)}; "
@@ -170,7 +177,8 @@ def _fetch(cache: Cache, ref: Ref, chosen: list, settings: Settings, opts: PullO
     for f in chosen:
         digest = f.sha256 or cache.digest_for_key(f.key)
         if digest and cache.store.has(digest, f.size):
-            entries[f.path] = FileEntry(f.path, digest, cache.store.path(digest).stat().st_size, f.etag)
+            entries[f.path] = FileEntry(f.path, digest, cache.store.path(digest).stat().st_size, f.etag,
+                                        f.git_oid)
             continue
         if f.key in by_key:  # the same content twice in one model: fetch it once
             by_key[f.key].append(f)
@@ -189,7 +197,8 @@ def _fetch(cache: Cache, ref: Ref, chosen: list, settings: Settings, opts: PullO
             if settings.shared_dir is not None:  # publish to the shared tier (cache/tiers.py)
                 from .cache.tiers import shared_publish, shared_publish_key
 
-                if shared_publish(settings.shared_dir, cache.store.path(digest), digest) and not result.job.sha256:
+                published = shared_publish(settings.shared_dir, cache.store.path(digest), digest)
+                if published and not result.job.sha256 and result.job.git_oid:  # readers check the git oid
                     shared_publish_key(settings.shared_dir, result.job.key, digest)
             cache.index.add_blob(digest, result.size)
             if not result.job.sha256:
@@ -199,7 +208,7 @@ def _fetch(cache: Cache, ref: Ref, chosen: list, settings: Settings, opts: PullO
         if not cache.store.has(digest):
             raise NotFoundError(f"{result.job.name}: another process's download vanished; pull again")
         for f in by_key[result.job.key]:
-            entries[f.path] = FileEntry(f.path, digest, result.size or f.size or 0, f.etag)
+            entries[f.path] = FileEntry(f.path, digest, result.size or f.size or 0, f.etag, f.git_oid)
 
     def is_done(job) -> bool:
         digest = job.sha256 or cache.digest_for_key(job.key)

@@ -4,6 +4,12 @@ The blobs on disk are the truth for *content*; the index is the truth for *names
 holds which files, which branch points at which revision). Every write is one short transaction in
 WAL mode, so many processes can pull and load at once.
 
+Every SQLite failure leaves this module as a one-line :class:`~warmstart.errors.WarmstartError` that
+says what to do (a corrupt file, a full disk, a read-only home, a lock held too long). A home whose
+``index.db`` cannot be written is opened read-only (``mode=ro``, which still sees a live writer's WAL;
+else ``immutable=1`` when no writer left a WAL to share): lookups work, writes raise
+:class:`~warmstart.errors.ReadOnlyCacheError`, and :meth:`Index.touch` is skipped.
+
 >>> import tempfile
 >>> ix = Index(Path(tempfile.mkdtemp()) / "index.db")
 >>> sid = ix.add_snapshot("hf://org/name", "a" * 40, [FileEntry("w.bin", "b" * 64, 3, None)])
@@ -15,13 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from ..errors import CacheFullError, CacheIndexError, ReadOnlyCacheError, WarmstartError
+
+log = logging.getLogger(__name__)
+
+#: 2: ``files.git_oid`` (the git blob id the origin listed for a file without a sha256)
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs(
@@ -49,6 +62,7 @@ CREATE TABLE IF NOT EXISTS files(
     digest TEXT NOT NULL,
     size INTEGER NOT NULL,
     etag TEXT,
+    git_oid TEXT,
     PRIMARY KEY(snapshot, path)
 );
 CREATE INDEX IF NOT EXISTS files_digest ON files(digest);
@@ -69,12 +83,14 @@ CREATE TABLE IF NOT EXISTS refs(
 
 @dataclasses.dataclass(frozen=True)
 class FileEntry:
-    """One file of a snapshot: its relative path, content digest (sha256 hex), size and origin etag."""
+    """One file of a snapshot: its relative path, content digest (sha256 hex), size, origin etag and,
+    for a file the origin names without a sha256, the git blob id it listed (``verify`` checks it)."""
 
     path: str
     digest: str
     size: int
     etag: str | None = None
+    git_oid: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,19 +106,69 @@ class SnapshotRow:
     meta: str | None
 
 
-class Index:
-    """A thread-safe handle on ``index.db``. Cheap to open: the schema is created only once."""
+def index_writable(path: Path) -> bool:
+    """Whether this process may write ``index.db`` (and create its journal next to it). A read-only
+    mount or a directory without write permission says no; root passes permission checks."""
+    if not os.access(path.parent, os.W_OK):
+        return False
+    return not path.exists() or os.access(path, os.W_OK)
 
-    def __init__(self, path: Path, *, timeout: float = 60.0) -> None:
+
+def translate(exc: sqlite3.Error, path: Path, *, timeout: float = 60.0) -> WarmstartError:
+    """The one-line error, with what to do, for an SQLite failure on ``index.db`` at ``path``."""
+    msg = str(exc)
+    low = msg.lower()
+    home = path.parent
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return CacheIndexError(f"{path} is corrupt ({msg}); run `warmstart verify --rebuild-index` to rebuild "
+                               "it from the blobs and views on disk")
+    if "full" in low:
+        return CacheFullError(f"the disk holding {home} is full ({msg}); free space on it, run `warmstart gc`, "
+                              "or set WARMSTART_HOME to a larger disk")
+    if "readonly" in low or "read-only" in low or (
+            "unable to open" in low and not index_writable(path)):
+        return ReadOnlyCacheError(f"the cache home {home} is read-only ({msg}); cached models can be read, "
+                                  "nothing can be stored: set WARMSTART_HOME to a writable directory")
+    if "locked" in low or "busy" in low:
+        return CacheIndexError(f"{path} stayed locked by another process for {timeout:.0f}s ({msg}); try again "
+                               "when it has finished")
+    if "disk i/o" in low:
+        return CacheIndexError(f"disk I/O error on {path} ({msg}); check the disk (dmesg) and its free space, "
+                               "then try again")
+    if "unable to open" in low:
+        return CacheIndexError(f"cannot open {path} ({msg}); check that {home} exists and is a directory you "
+                               "may read and write")
+    return CacheIndexError(f"{path}: {msg}; if it persists, run `warmstart verify --rebuild-index`")
+
+
+class Index:
+    """A thread-safe handle on ``index.db``. Cheap to open: the schema is created only once.
+
+    ``read_only`` (default: whether the file can be written, see :func:`index_writable`) opens it
+    with ``mode=ro``; a missing ``index.db`` in a read-only home is an empty in-memory index."""
+
+    def __init__(self, path: Path, *, timeout: float = 60.0, read_only: bool | None = None) -> None:
         self.path = Path(path)
+        self.timeout = timeout
+        self.read_only = not index_writable(self.path) if read_only is None else read_only
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
-        )
+        self._git_col = True
+        with self._guard():
+            self._db = self._connect()
+            try:
+                self._open()
+            except BaseException:
+                self._db.close()
+                raise
+
+    def _open(self) -> None:
         self._db.execute("PRAGMA foreign_keys=ON")
+        if self.read_only:
+            self._git_col = any(r[1] == "git_oid" for r in self._db.execute("PRAGMA table_info(files)"))
+            return
         for attempt in range(200):  # two processes creating a fresh index at once: switching to WAL
             try:                     # answers "locked" without waiting on the busy timeout; retry
-                if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                     self._create()
                 break
             except sqlite3.OperationalError as exc:
@@ -110,15 +176,50 @@ class Index:
                     raise
                 time.sleep(0.05)
 
+    def _connect(self) -> sqlite3.Connection:
+        kw = dict(timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        if not self.read_only:
+            return sqlite3.connect(str(self.path), **kw)
+        if not self.path.exists():  # a read-only home that never held an index: nothing is cached
+            db = sqlite3.connect(":memory:", **kw)
+            db.executescript(_SCHEMA)
+            return db
+        uri = self.path.absolute().as_uri()
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, **kw)
+        try:  # sees a live writer's WAL; fails when there is no -shm file and none can be made
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+        log.debug("%s: no writer's WAL to share and the home is read-only; opening it immutable", self.path)
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, **kw)
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn every SQLite failure into a one-line warmstart error."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, timeout=self.timeout) from None
+
     def _create(self) -> None:
         with self._lock:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":  # e.g. a filesystem without shared memory: still correct, slower
                 self._db.execute("PRAGMA journal_mode=DELETE")
-            with self.transaction() as db:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")  # raw: the caller retries "locked", the guard translates the rest
+            try:
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(stmt)
+                if not any(r[1] == "git_oid" for r in db.execute("PRAGMA table_info(files)")):
+                    db.execute("ALTER TABLE files ADD COLUMN git_oid TEXT")  # from schema 1
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -127,17 +228,21 @@ class Index:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One immediate (write-locking) transaction, retried by SQLite's busy timeout."""
-        with self._lock:
+        if self.read_only:
+            raise ReadOnlyCacheError(f"the cache home {self.path.parent} is read-only; cached models can be read, "
+                                     "nothing can be stored: set WARMSTART_HOME to a writable directory")
+        with self._lock, self._guard():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
     def query(self, sql: str, params: Iterable = ()) -> list[tuple]:
-        with self._lock:
+        with self._lock, self._guard():
             return self._db.execute(sql, tuple(params)).fetchall()
 
     # -- blobs ---------------------------------------------------------------------------------
@@ -188,8 +293,8 @@ class Index:
                     (source, revision, now, now, kind, parent, meta),
                 ).lastrowid
             db.executemany(
-                "INSERT INTO files(snapshot, path, digest, size, etag) VALUES(?,?,?,?,?)",
-                [(sid, f.path, f.digest, f.size, f.etag) for f in files],
+                "INSERT INTO files(snapshot, path, digest, size, etag, git_oid) VALUES(?,?,?,?,?,?)",
+                [(sid, f.path, f.digest, f.size, f.etag, f.git_oid) for f in files],
             )
         return int(sid)
 
@@ -209,10 +314,16 @@ class Index:
         return [SnapshotRow(*r) for r in rows]
 
     def snapshot_files(self, sid: int) -> list[FileEntry]:
-        rows = self.query("SELECT path, digest, size, etag FROM files WHERE snapshot=? ORDER BY path", (sid,))
+        git = "git_oid" if self._git_col else "NULL"
+        rows = self.query(f"SELECT path, digest, size, etag, {git} FROM files WHERE snapshot=? ORDER BY path",
+                          (sid,))
         return [FileEntry(*r) for r in rows]
 
     def touch(self, sid: int) -> None:
+        """Record a use (the LRU key); skipped in a read-only home."""
+        if self.read_only:
+            log.debug("%s is read-only; not recording the use of snapshot %d", self.path, sid)
+            return
         with self.transaction() as db:
             db.execute("UPDATE snapshots SET last_used=? WHERE id=?", (time.time(), sid))
 

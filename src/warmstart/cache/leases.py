@@ -44,6 +44,8 @@ from .layout import Layout
 log = logging.getLogger(__name__)
 
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+#: a home this process may not write: no lease can be recorded (see :func:`acquire`)
+_READ_ONLY = {errno.EACCES, errno.EPERM, errno.EROFS}
 _warned_no_locks = False
 #: leases held by this process, by (home, key): one lease per process per snapshot
 _held: dict[tuple[str, str], Lease] = {}
@@ -131,14 +133,22 @@ def acquire(layout: Layout, digests: Iterable[str], *, snapshots: Iterable[str] 
 
     >>> lease = acquire(layout, snap_digests, snapshots=["hf://org/name@abc"])   # doctest: +SKIP
     """
-    layout.leases.mkdir(parents=True, exist_ok=True)
     digests = frozenset(digests)
+    name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    final = layout.leases / f"{name}.lease"
+    try:
+        layout.leases.mkdir(parents=True, exist_ok=True)
+        fd = os.open(layout.leases / f".{name}.tmp", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno not in _READ_ONLY:
+            raise
+        # A read-only home: no lease can be recorded. This process cannot evict anything, but one that
+        # may write the home can still evict these blobs meanwhile (docs/cache.md, "Read-only home").
+        log.debug("cache home %s is read-only (%s); using its blobs without a lease", layout.home, exc.strerror)
+        return Lease(final, None, digests)
     body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "snapshots": list(snapshots),
                        "digests": sorted(digests)}).encode()
-    name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     tmp = layout.leases / f".{name}.tmp"
-    final = layout.leases / f"{name}.lease"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         _try_lock(fd)  # None (no locks) is fine: liveness falls back to the pid
         os.write(fd, body)
@@ -205,7 +215,7 @@ def live_leases(layout: Layout, *, clean: bool = True) -> list[LeaseInfo]:
                 if clean:
                     try:
                         os.unlink(path)
-                    except FileNotFoundError:
+                    except OSError:  # gone already, or a read-only home
                         pass
                 continue
         finally:

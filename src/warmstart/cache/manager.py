@@ -8,11 +8,13 @@ True
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shutil
 from pathlib import Path
 
-from ..errors import CacheFullError
+from ..errors import CacheFullError, ReadOnlyCacheError
 from .index import FileEntry, Index, SnapshotRow
 from .layout import Layout
 from .store import BlobStore
@@ -29,7 +31,9 @@ class Cache:
     def __init__(self, home: Path, *, max_size: int | None = None, memory_dir: Path | None = None,
                  memory_max_size: int | None = None, shared_dir: Path | None = None) -> None:
         self.layout = Layout(Path(home))
-        self.layout.ensure()
+        #: a home this process cannot write (read-only mount, no permission): cached models are still
+        #: served; nothing is recorded (last use, leases) and an uncached pull fails with ReadOnlyCacheError
+        self.read_only = _ensure(self.layout)
         self.store = BlobStore(self.layout)
         self.max_size = max_size
         self._index: Index | None = None
@@ -52,7 +56,7 @@ class Cache:
     @property
     def index(self) -> Index:
         if self._index is None:
-            self._index = Index(self.layout.index_path)
+            self._index = Index(self.layout.index_path, read_only=True if self.read_only else None)
         return self._index
 
     def close(self) -> None:
@@ -89,6 +93,24 @@ class Cache:
                 f"{_human(max(0, free - DISK_RESERVE))} is free; free space, run `warmstart gc`, or set "
                 "WARMSTART_HOME to a larger disk"
             )
+
+
+_READ_ONLY = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _ensure(layout: Layout) -> bool:
+    """Create the home's directories; returns True when the home exists but cannot be written."""
+    try:
+        layout.ensure()
+    except OSError as exc:
+        if exc.errno not in _READ_ONLY:
+            raise
+        if not layout.home.is_dir():
+            raise ReadOnlyCacheError(f"cannot create the cache home {layout.home} ({exc.strerror}); set "
+                                     "WARMSTART_HOME to a writable directory") from None
+        log.debug("cache home %s is read-only (%s): serving cached models only", layout.home, exc.strerror)
+        return True
+    return not os.access(layout.home, os.W_OK)
 
 
 def _human(n: float) -> str:

@@ -23,7 +23,7 @@ from ..errors import ConfigError, NotFoundError
 from . import evict, leases
 from .index import SnapshotRow
 from .manager import Cache
-from .store import cpu_count, sha256_blob
+from .store import cpu_count, git_oid_file, sha256_blob
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +203,12 @@ class Manager(Cache):
         t0 = time.monotonic()
         rows = self.find(ref, revision) if ref else self.index.snapshots()
         digests: dict[str, int] = {}
+        git_oids: dict[str, set[str]] = {}  # files listed with a git blob id: the blob must hash to it too
         for r in rows:
             for f in self.index.snapshot_files(r.id):
                 digests[f.digest] = f.size
+                if f.git_oid:
+                    git_oids.setdefault(f.digest, set()).add(f.git_oid)
         workers = max(1, min(workers or cpu_count(), len(digests)))
         corrupt, missing, quarantined = [], [], []
         hashed = 0
@@ -216,7 +219,12 @@ class Manager(Cache):
                 size = p.stat().st_size
             except FileNotFoundError:
                 return d, "missing", 0
-            return d, "ok" if sha256_blob(p) == d else "corrupt", size
+            if sha256_blob(p) != d:
+                return d, "corrupt", size
+            wrong = [g for g in git_oids.get(d, ()) if not git_oid_file(p, g)]
+            if wrong:
+                log.warning("blob %s is not the file its snapshot lists (git blob id %s)", d[:12], wrong[0][:12])
+            return d, "corrupt" if wrong else "ok", size
 
         order = sorted(digests, key=lambda d: -digests[d])  # big ones first: the pool ends together
         with cf.ThreadPoolExecutor(workers) as pool:
@@ -241,6 +249,13 @@ class Manager(Cache):
         left = [d for d in bad if not self.store.has(d)]
         return VerifyReport(len(digests), hashed, time.monotonic() - t0, tuple(corrupt), tuple(missing),
                             tuple(repaired), tuple(quarantined), _all_repaired=bool(repaired) and not left)
+
+    def rebuild_index(self):
+        """Move a damaged ``index.db`` aside and rebuild it from the blobs and views on disk (pins and
+        last-use times are lost); returns a :class:`~warmstart.cache.rebuild.RebuildReport`."""
+        from .rebuild import rebuild_index
+
+        return rebuild_index(self)
 
     def _quarantine(self, digest: str) -> Path:
         """Move a corrupt blob out of ``blobs/`` (never served again, kept for inspection)."""

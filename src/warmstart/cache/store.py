@@ -2,7 +2,8 @@
 
 Correctness never depends on a lock: content is written to a unique temporary file, fsynced, made
 read-only and renamed into ``blobs/sha256/ab/<digest>``. Two writers of the same digest are benign:
-the second rename replaces identical bytes (or is skipped when the blob already exists).
+the second finds the blob in place and keeps it once it has checked its bytes (a damaged one is
+replaced by the verified copy).
 
 >>> import tempfile; from pathlib import Path
 >>> s = BlobStore(Layout(Path(tempfile.mkdtemp())))
@@ -17,6 +18,8 @@ import hashlib
 import logging
 import mmap
 import os
+import re
+import stat
 import threading
 import uuid
 from pathlib import Path
@@ -95,6 +98,30 @@ def sha256_blob(path: Path | str) -> str:
         return h.hexdigest()
 
 
+_GIT_OID = re.compile(r"[0-9a-f]{40}")
+
+
+def git_hasher(git_oid: object, size: int):
+    """A sha1 already fed git's blob header, when ``git_oid`` is a git blob id (40 lowercase hex); else
+    None. git names a blob ``sha1(b"blob <size>\\0" + content)``: the Hub lists that id for files it
+    gives no sha256 for.
+
+    >>> h = git_hasher("b6fc4c620b67d95f953a5c1c1230aaab5db5a1b0", 5); h.update(b"hello"); h.hexdigest()
+    'b6fc4c620b67d95f953a5c1c1230aaab5db5a1b0'
+    """
+    if not isinstance(git_oid, str) or not _GIT_OID.fullmatch(git_oid):
+        return None
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(b"blob %d\0" % size)
+    return h
+
+
+def git_oid_file(path: Path | str, git_oid: str) -> bool:
+    """Whether the file at ``path`` has the git blob id ``git_oid`` (False for a malformed id)."""
+    h = git_hasher(git_oid, os.stat(path).st_size)
+    return h is not None and sha256_file(path, h=h).hexdigest() == git_oid
+
+
 def fsync_file(path: Path) -> None:
     """Flush a written file's data to disk (before it is renamed into place)."""
     fd = os.open(path, os.O_RDONLY)
@@ -134,15 +161,23 @@ class BlobStore:
         return size is None or st.st_size == size
 
     def publish(self, tmp: Path, digest: str, *, fsync: bool = True) -> Path:
-        """Move a fully written and verified ``tmp`` file into place as blob ``digest``."""
+        """Move a fully written and verified ``tmp`` file into place as blob ``digest``.
+
+        A file already at the blob's path is kept only if it holds ``digest`` (same size, then same
+        sha256: publishing happens once per download, so hashing it here is cheap next to the
+        download); a truncated or corrupt one is replaced by the verified ``tmp`` in one rename (a
+        rename needs only the directory writable, not the read-only blob)."""
         dest = self.layout.blob(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if fsync:
             fsync_file(tmp)
         os.chmod(tmp, 0o444)
-        if dest.exists():
+        if _holds(dest, digest, os.stat(tmp).st_size):
             os.unlink(tmp)  # someone else published the same content first
             return dest
+        if os.path.lexists(dest):
+            log.warning("blob %s in the cache was corrupt or truncated; replaced it with the verified copy",
+                        digest[:12])
         os.replace(tmp, dest)
         if fsync:
             fsync_dir(dest.parent)
@@ -153,7 +188,7 @@ class BlobStore:
         digest = sha256_file(src).hexdigest()
         if expected and digest != expected:
             raise IntegrityError(f"{src}: sha256 {digest} does not match the expected {expected}")
-        if self.has(digest):
+        if self.has(digest, os.stat(src).st_size):
             return digest
         tmp = self.layout.tmp / f"import-{uuid.uuid4().hex}"
         tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +204,7 @@ class BlobStore:
 
     def put_bytes(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        if self.has(digest):
+        if self.has(digest, len(data)):
             return digest
         tmp = self.layout.tmp / f"put-{uuid.uuid4().hex}"
         tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +226,21 @@ class BlobStore:
         except FileNotFoundError:
             return 0
         return size
+
+
+def _holds(path: Path, digest: str, size: int) -> bool:
+    """Whether ``path`` is a regular file of ``size`` bytes whose sha256 is ``digest`` (hashed with
+    preads, not a mapping: a damaged file may be truncated meanwhile)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        return False
+    try:
+        return sha256_file(path).hexdigest() == digest
+    except (OSError, IntegrityError):
+        return False
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -6,7 +6,7 @@ nodes mount) below it.
     $WARMSTART_MEMORY_DIR/ (e.g. /dev/shm/warmstart)     $WARMSTART_SHARED_DIR/ (CephFS, NFS, JuiceFS…)
     ├── blobs/sha256/ab/<digest>   copies of disk blobs   ├── blobs/sha256/ab/<digest>   verified content
     ├── views/<name>/<file> -> …/blobs/sha256/…           ├── keys/<transfer key>        "<digest>" (files
-    └── tmp/                                             │                               without a sha256)
+    └── tmp/                                             │                   with a git blob id, no sha256)
                                                          └── (temporary names: .<digest>.<uuid>.tmp)
 
 The RAM tier is a cache over the disk cache: every blob it holds is also on disk, so *demoting* a blob
@@ -14,6 +14,11 @@ The RAM tier is a cache over the disk cache: every blob it holds is also on disk
 is a node path). The shared tier needs no locks: a writer copies to a unique temporary name and
 renames; a reader verifies the sha256 of everything it reads, so a torn or corrupt file is ignored
 (and removed), never served.
+
+Anyone who can write the shared directory is untrusted for content: a file is taken from it only when
+the origin's listing says what the file must be. A file with a sha256 is looked up by it; a file with
+only a git blob id (the Hub's non-LFS files) is looked up through ``keys/`` and its copy must hash to
+that git blob id too before it is published; a file with neither comes from the origin.
 
 >>> ok = shared_fetch(cache, Path("/mnt/models"), digest, size)          # doctest: +SKIP
 >>> shared_publish(Path("/mnt/models"), cache.store.path(digest), digest)  # doctest: +SKIP
@@ -36,7 +41,7 @@ from .._io import start_writeback
 from ..errors import CacheFullError
 from . import leases
 from .layout import Layout, check_digest, scan_blobs
-from .store import _copy, cpu_count, fsync_file
+from .store import _copy, cpu_count, fsync_file, git_hasher
 from .views import link_atomic
 
 if TYPE_CHECKING:
@@ -194,8 +199,9 @@ def _write_full(fd: int, view: memoryview, off: int) -> None:
             start_writeback(fd, start, WRITEBACK_EVERY)
 
 
-def _copy_verified(src: Path, dst: Path, size: int) -> str:
-    """Copy ``src`` to a new file ``dst`` and return the sha256 of the bytes written.
+def _copy_verified(src: Path, dst: Path, size: int, also=None) -> str:
+    """Copy ``src`` to a new file ``dst`` and return the sha256 of the bytes written (``also``, a
+    hashlib object, is fed the same bytes: the git blob id check).
 
     Each chunk is read once (big preads, sequential read-ahead), hashed, and written from the same
     buffer; an I/O thread reads the next chunk and writes the previous one while this thread hashes,
@@ -214,9 +220,9 @@ def _copy_verified(src: Path, dst: Path, size: int) -> str:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd_in, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         if size and _reflink(fd_in, fd_out):
-            h = _hash_fd(fd_out, size, dst)
+            h = _hash_fd(fd_out, size, dst, also)
         else:
-            h = _pipelined_copy(fd_in, fd_out, size, src)
+            h = _pipelined_copy(fd_in, fd_out, size, src, also)
         if os.fstat(fd_in).st_size != size:
             raise OSError(errno.EIO, f"{src} changed size while being read")
         if FSYNC:
@@ -227,17 +233,19 @@ def _copy_verified(src: Path, dst: Path, size: int) -> str:
     return h.hexdigest()
 
 
-def _hash_fd(fd: int, size: int, name: object):
+def _hash_fd(fd: int, size: int, name: object, also=None):
     h = hashlib.sha256()
     view = memoryview(bytearray(min(READ_CHUNK, max(size, 1))))
     for off in range(0, size, len(view)):
         part = view[: min(len(view), size - off)]
         _read_full(fd, part, off, name)
         h.update(part)
+        if also is not None:
+            also.update(part)
     return h
 
 
-def _pipelined_copy(fd_in: int, fd_out: int, size: int, src: object):
+def _pipelined_copy(fd_in: int, fd_out: int, size: int, src: object, also=None):
     h = hashlib.sha256()
     if size == 0:
         return h
@@ -265,6 +273,8 @@ def _pipelined_copy(fd_in: int, fd_out: int, size: int, src: object):
                 if k + 1 < count:
                     pending = io.submit(read, k + 1)
                 h.update(view)  # releases the GIL: the I/O thread reads and writes meanwhile
+                if also is not None:
+                    also.update(view)
                 writes.append(io.submit(_write_full, fd_out, view, k * chunk))
                 if writes[0].done():
                     writes.pop(0).result()
@@ -278,9 +288,13 @@ def _pipelined_copy(fd_in: int, fd_out: int, size: int, src: object):
     return h
 
 
-def shared_fetch(cache: Cache, shared_dir: Path, digest: str, size: int | None) -> bool:
+def shared_fetch(cache: Cache, shared_dir: Path, digest: str, size: int | None, git_oid: str | None = None) -> bool:
     """Copy blob ``digest`` from the shared tier into the cache, verifying it; False if it is not there
-    (or is corrupt: then it is removed from the shared tier and the caller goes to the origin)."""
+    (or is corrupt: then it is removed from the shared tier and the caller goes to the origin).
+
+    ``git_oid``: the git blob id the origin lists for the file wanted (found through ``keys/``, which
+    any writer of the shared directory may have written): the copy must also hash to it, else it is
+    discarded, never published, and the caller goes to the origin."""
     src = _shared_blob(shared_dir, digest)
     try:
         st = os.stat(src)
@@ -291,8 +305,11 @@ def shared_fetch(cache: Cache, shared_dir: Path, digest: str, size: int | None) 
         return False
     cache.layout.tmp.mkdir(parents=True, exist_ok=True)
     tmp = cache.layout.tmp / f"shared-{digest[:16]}-{uuid.uuid4().hex[:8]}"
+    git = git_hasher(git_oid, st.st_size) if git_oid is not None else None
+    if git_oid is not None and git is None:
+        return False  # not a git blob id: nothing to check the copy against
     try:
-        got = _copy_verified(src, tmp, st.st_size)
+        got = _copy_verified(src, tmp, st.st_size, git)
     except OSError as exc:
         log.warning("shared tier: reading %s failed (%s); fetching from the origin", src, exc)
         _rm(tmp)
@@ -301,6 +318,11 @@ def shared_fetch(cache: Cache, shared_dir: Path, digest: str, size: int | None) 
         log.warning("shared tier: %s is corrupt (sha256 %s); removed it, fetching from the origin", src, got[:12])
         _rm(tmp)
         _rm(src)
+        return False
+    if git is not None and git.hexdigest() != git_oid:
+        log.warning("shared tier: %s is not the file the origin lists (git blob id %s, expected %s); ignoring "
+                    "it, fetching from the origin", src, git.hexdigest()[:12], git_oid[:12])
+        _rm(tmp)
         return False
     cache.store.publish(tmp, digest, fsync=FSYNC)
     cache.index.add_blob(digest, st.st_size)
@@ -332,7 +354,8 @@ def shared_publish(shared_dir: Path, blob_path: Path, digest: str) -> bool:
 
 
 def shared_publish_key(shared_dir: Path, key: str, digest: str) -> None:
-    """Record which digest a file without an origin sha256 turned out to have (rename, no locks)."""
+    """Record which digest a file without an origin sha256 turned out to have (rename, no locks). Only a
+    hint: a reader checks the copy against the git blob id its own listing gives."""
     dest = _key_path(shared_dir, key)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -354,20 +377,32 @@ def _shared_key(shared_dir: Path, key: str) -> str | None:
 
 def shared_fetch_many(cache: Cache, shared_dir: Path, files: Iterable) -> int:
     """Before a download: satisfy from the shared tier every listed file (``RemoteFile``-like: ``sha256``,
-    ``key``, ``size``) that is missing from the cache; blobs are copied in parallel. Returns bytes copied."""
-    todo: dict[str, tuple[int | None, str | None]] = {}
+    ``git_oid``, ``key``, ``size``) that is missing from the cache; blobs are copied in parallel. A file
+    with a sha256 is checked against it; one with only a git blob id against that (its digest comes from
+    ``keys/``); one with neither is left to the origin. Returns bytes copied."""
+    todo: dict[str, tuple[int | None, str | None, str | None]] = {}
     for f in files:
-        digest = f.sha256 or cache.digest_for_key(f.key) or _shared_key(shared_dir, f.key)
+        git_oid = None
+        if f.sha256:
+            digest = f.sha256
+        elif git_hasher(f.git_oid, 0) is not None:
+            git_oid = f.git_oid
+            digest = cache.digest_for_key(f.key) or _shared_key(shared_dir, f.key)
+        else:
+            continue  # nothing the origin said to check a shared copy against
         if not digest or cache.store.has(digest, f.size):
             continue
+        if digest in todo and todo[digest][2] != git_oid:
+            continue  # two files claim one blob: at most one can match; the other goes to the origin
         if os.path.exists(_shared_blob(shared_dir, digest)):
-            todo[digest] = (f.size, None if f.sha256 else f.key)
+            todo[digest] = (f.size, None if f.sha256 else f.key, git_oid)
     if not todo:
         return 0
-    cache.ensure_room(sum(s or 0 for s, _ in todo.values()), protect=set(todo))
+    cache.ensure_room(sum(s or 0 for s, _, _ in todo.values()), protect=set(todo))
     copied = 0
     with cf.ThreadPoolExecutor(min(BLOB_WORKERS or cpu_count(), len(todo))) as pool:
-        futures = {pool.submit(shared_fetch, cache, shared_dir, d, s): (d, s, k) for d, (s, k) in todo.items()}
+        futures = {pool.submit(shared_fetch, cache, shared_dir, d, s, g): (d, s, k)
+                   for d, (s, k, g) in todo.items()}
         for fut in cf.as_completed(futures):
             d, s, k = futures[fut]
             if fut.result():
