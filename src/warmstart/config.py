@@ -63,6 +63,9 @@ class Settings:
     min_connections: int = 16
     chunk_size: int = 16 * 2**20
     compile_cache: str | None = None
+    #: HMAC key authenticating compile-cache / AOT entries in Redis or a shared directory (never printed)
+    compile_cache_key: bytes | None = dataclasses.field(default=None, repr=False)
+    compile_cache_trust: bool = False  # load untagged entries from Redis / a shared directory (opt-in)
     insecure_registries: tuple[str, ...] = ()  # OCI registries reached over plain HTTP (loopback always is)
     registry_auth_file: Path | None = None  # docker-style config.json with "auths" for OCI registries
     oci_auth_hosts: tuple[str, ...] = ()  # token services (not the registry's host) that may get its password
@@ -88,11 +91,29 @@ class Settings:
             min_connections=_int(env, "WARMSTART_MIN_CONNECTIONS", 16, 1, 512),
             chunk_size=parse_size(env.get("WARMSTART_CHUNK_SIZE")) or 16 * 2**20,
             compile_cache=env.get("WARMSTART_COMPILE_CACHE") or None,
+            compile_cache_key=_secret_key(env.get("WARMSTART_COMPILE_CACHE_KEY")),
+            compile_cache_trust=_truthy(env.get("WARMSTART_COMPILE_CACHE_TRUST")),
             insecure_registries=tuple(h.strip() for h in env.get("WARMSTART_INSECURE_REGISTRIES", "").split(",")
                                       if h.strip()),
             registry_auth_file=_auth_file(env),
             oci_auth_hosts=tuple(h.strip() for h in env.get("WARMSTART_OCI_AUTH_HOSTS", "").split(",") if h.strip()),
         )
+
+
+def _secret_key(raw: str | None) -> bytes | None:
+    """``WARMSTART_COMPILE_CACHE_KEY``: hex (as ``openssl rand -hex 32`` prints) or any other string's UTF-8.
+
+    >>> _secret_key("00" * 32) == bytes(32), _secret_key("correct horse battery staple")[:7]
+    (True, b'correct')
+    """
+    text = (raw or "").strip()
+    if not text:
+        return None
+    key = bytes.fromhex(text) if re.fullmatch(r"(?:[0-9a-fA-F]{2})+", text) else text.encode()
+    if len(key) < 16:
+        raise ConfigError(f"WARMSTART_COMPILE_CACHE_KEY is {len(key)} bytes, too short to authenticate "
+                          "anything; use at least 16, e.g. the output of `openssl rand -hex 32`")
+    return key
 
 
 def _auth_file(env: Mapping[str, str]) -> Path | None:

@@ -9,6 +9,18 @@ import pytest
 from tests.data.synth import make_llama
 
 
+#: the compile-cache key of these tests: entries in Redis or a store directory are loaded only when tagged
+TEST_COMPILE_CACHE_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
+@pytest.fixture(autouse=True)
+def _compile_cache_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every conversion test writes and reads authenticated compile-cache entries (tests/hostile checks
+    what happens without)."""
+    monkeypatch.setenv("WARMSTART_COMPILE_CACHE_KEY", TEST_COMPILE_CACHE_KEY)
+    monkeypatch.delenv("WARMSTART_COMPILE_CACHE_TRUST", raising=False)
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh ``WARMSTART_HOME`` (no Hub needed)."""

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 import warmstart
+from tests.convert.conftest import TEST_COMPILE_CACHE_KEY
 from tests.convert.test_compile_cache import _free_port, redis_url  # noqa: F401 - a fixture
 from warmstart.conversion import aot
-from warmstart.conversion.compile_cache import MAGIC
+from warmstart.conversion.compile_cache import MAGIC, TAG_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "tiny-mlp"
@@ -42,10 +43,13 @@ def compiled(tmp_path_factory) -> dict:
     store = tmp_path_factory.mktemp("aot-store")
     model = make_model()
     before = aot.counters["compiles"]
-    first = warmstart.aot_compile(model, (X,), key=KEY, url=str(store))
-    assert aot.counters["compiles"] == before + 1
-    (entry,) = list(store.iterdir())
-    payload = aot.AotCache(KEY, aot.structure(model, (X,)), url=str(store)).fetch_payload()
+    with pytest.MonkeyPatch.context() as mp:  # entries of a store directory are authenticated
+        mp.setenv("WARMSTART_COMPILE_CACHE_KEY", TEST_COMPILE_CACHE_KEY)
+        first = warmstart.aot_compile(model, (X,), key=KEY, url=str(store))
+        assert aot.counters["compiles"] == before + 1
+        (entry,) = list(store.iterdir())
+        payload = aot.AotCache(KEY, aot.structure(model, (X,)), url=str(store)).fetch_payload()
+    assert payload is not None
     return {"store": store, "model": model, "first": first, "entry": entry, "payload": payload}
 
 
@@ -221,5 +225,7 @@ def test_bad_example_args(home: Path) -> None:
 def test_entry_format_is_the_compile_cache_format(compiled: dict) -> None:
     raw = compiled["entry"].read_bytes()
     assert raw.startswith(MAGIC)
-    head = json.loads(raw[len(MAGIC):].split(b"\n", 1)[0])
+    tag, head_line, _ = raw[len(MAGIC):].split(b"\n", 2)
+    assert tag.startswith(TAG_PREFIX) and len(tag) == len(TAG_PREFIX) + 64
+    head = json.loads(head_line)
     assert head["key"] == KEY and head["env"]["torch"] == torch.__version__

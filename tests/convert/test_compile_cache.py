@@ -89,7 +89,7 @@ def test_entry_from_another_torch_version_is_ignored(home: Path, fake_torch: dic
     env = {**c.env, "torch": "1.13.0"}
     head = json.dumps({"env": env, "sha256": __import__("hashlib").sha256(b"x").hexdigest()}).encode()
     (home / "compile").mkdir(parents=True)
-    (home / "compile" / c.digest).write_bytes(cc.MAGIC + head + b"\n" + b"x")
+    (home / "compile" / c.digest).write_bytes(cc.MAGIC + cc.NO_TAG + b"\n" + head + b"\n" + b"x")
     with caplog.at_level(logging.WARNING, "warmstart"):
         assert not c.load()
     assert "another environment" in caplog.text and "1.13.0" in caplog.text

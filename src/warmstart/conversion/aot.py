@@ -3,7 +3,9 @@
 ``aot_compile(model, example_args, key=...)`` runs ``torch.export.export`` and
 ``torch._inductor.aoti_compile_and_package`` on a miss and stores the ``.pt2`` package in the compile
 cache (``<home>/compile/`` or Redis, as :mod:`.compile_cache`). A hit only loads the package (with
-torch's C++ package loader): no dynamo, no AOTAutograd, no Inductor import, no C++ compiler.
+torch's C++ package loader): no dynamo, no AOTAutograd, no Inductor import, no C++ compiler. A package is
+native code: one from Redis or a shared directory is loaded only when authenticated (see
+:mod:`.compile_cache`, **Trust**), and the check runs before the package is written out or opened.
 
 **Weights are not in the package.** It is built with ``aot_inductor.package_constants_in_so=False`` (and
 ``always_keep_tensor_constants=True``, so Inductor does not inline small 1-D weights such as a bias of
@@ -87,7 +89,11 @@ def structure(model: Any, example_args: tuple, example_kwargs: dict | None = Non
 
 
 class AotCache(CompileCache):
-    """The compile-cache entry of one AOTInductor package (same storage, entry format and fault handling)."""
+    """The compile-cache entry of one AOTInductor package (same storage, entry format, authentication and
+    fault handling: a package from Redis or a shared directory is loaded, i.e. its native code run, only when
+    its tag verifies with ``WARMSTART_COMPILE_CACHE_KEY`` or the user set ``WARMSTART_COMPILE_CACHE_TRUST=1``)."""
+
+    KIND = "aot"
 
     def __init__(self, key: str, parts: dict[str, Any], *, url: str | None = None,
                  settings: Settings | None = None) -> None:

@@ -6,10 +6,20 @@ device kind and capability, Python version)`` and stored in the warmstart cache 
 (``<home>/compile/<digest>``) or, with ``WARMSTART_COMPILE_CACHE=redis://host:port/db``, in Redis, so
 every pod of a deployment shares them. ``WARMSTART_COMPILE_CACHE`` may also name a directory.
 
-Entry format: ``b"WSCC1\\n" + JSON(environment, payload sha256) + b"\\n" + payload``. An entry whose
-environment differs (another torch version, GPU or Python) or a corrupt entry is logged and ignored: the
-model compiles afresh, and nothing fails because of the cache. An unreachable Redis is logged and the local
-cache home is used instead (read and written) for the rest of that entry's life.
+Entry format: ``b"WSCC2\\n" + TAG + b"\\n" + JSON(key, environment, payload sha256) + b"\\n" + payload``,
+where ``TAG`` is ``hmac-sha256:<hex>`` when ``WARMSTART_COMPILE_CACHE_KEY`` is set, else ``-``. The MAC covers
+a domain prefix, the entry's kind (``compile``/``aot``), its digest (so it cannot be replayed under another
+key or environment), the JSON header and the payload.
+
+**Trust.** Loading an entry runs code: torch unpickles compile artifacts, and an AOT package is native code
+that is ``dlopen``-ed. Entries in this user's cache home are trusted. Entries from Redis or a directory named
+by ``WARMSTART_COMPILE_CACHE`` are loaded only when their tag verifies with ``WARMSTART_COMPILE_CACHE_KEY``
+(checked before anything is parsed, unpickled, extracted or loaded), or, without a key, only when the user
+opted in with ``WARMSTART_COMPILE_CACHE_TRUST=1``; otherwise they are misses (warned about once).
+
+An entry whose environment differs (another torch version, GPU or Python) or a corrupt entry is logged and
+ignored: the model compiles afresh, and nothing fails because of the cache. An unreachable Redis is logged and
+the local cache home is used instead (read and written) for the rest of that entry's life.
 
 >>> with compile_cache("llama-7b-decode"):            # doctest: +SKIP
 ...     model = torch.compile(model); model(x)        # hits: loaded before, saved after
@@ -19,6 +29,7 @@ cache home is used instead (read and written) for the rest of that entry's life.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -34,7 +45,27 @@ from ..errors import ConfigError
 __all__ = ["CompileCache", "compile_cache", "environment"]
 
 log = logging.getLogger(__name__)
-MAGIC = b"WSCC1\n"
+MAGIC = b"WSCC2\n"
+#: entries of earlier versions (no tag line); read from trusted stores only
+MAGIC_V1 = b"WSCC1\n"
+TAG_PREFIX = b"hmac-sha256:"
+NO_TAG = b"-"
+_DOMAIN = b"warmstart compile-cache entry v2\0"
+_warned: set[tuple[str, str]] = set()  # (store, reason): each refusal is a warning once per process
+
+
+def _warn_once(where: str, reason: str, msg: str, *args: Any) -> None:
+    if (where, reason) in _warned:
+        log.info(msg, *args)
+    else:
+        _warned.add((where, reason))
+        log.warning(msg, *args)
+
+
+def entry_tag(secret: bytes, kind: str, digest: str, body: bytes) -> bytes:
+    """The entry's tag: HMAC-SHA256 over domain, kind, digest and ``body`` (header line + payload)."""
+    msg = _DOMAIN + kind.encode() + b"\0" + digest.encode() + b"\0" + body
+    return TAG_PREFIX + hmac.new(secret, msg, hashlib.sha256).hexdigest().encode()
 
 
 def environment() -> dict[str, str]:
@@ -50,9 +81,10 @@ def environment() -> dict[str, str]:
 
 
 class _FileBackend:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, trusted: bool) -> None:
         self.root = root
         self.where = str(root)
+        self.trusted = trusted  # only this user writes it (the cache home): entries need no tag
 
     def get(self, digest: str) -> bytes | None:
         try:
@@ -70,6 +102,7 @@ class _FileBackend:
 
 class _RedisBackend:
     PREFIX = "warmstart:compile:"
+    trusted = False  # whoever can write to this Redis could otherwise run code here
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -92,8 +125,9 @@ class _RedisBackend:
 
 def _backend(settings: Settings, url: str | None) -> Any:
     url = url or settings.compile_cache
+    local = settings.home / "compile"
     if not url:
-        return _FileBackend(settings.home / "compile")
+        return _FileBackend(local, trusted=True)
     if url.startswith(("redis://", "rediss://", "unix://")):
         try:
             import redis  # noqa: F401
@@ -102,7 +136,8 @@ def _backend(settings: Settings, url: str | None) -> Any:
                               "pip install 'warmstart[redis]'") from None
         return _RedisBackend(url)
     if url.startswith("file://") or url.startswith("/") or url.startswith("~"):
-        return _FileBackend(Path(url.removeprefix("file://")).expanduser())
+        root = Path(url.removeprefix("file://")).expanduser()
+        return _FileBackend(root, trusted=os.path.realpath(root) == os.path.realpath(local))
     raise ConfigError(f"WARMSTART_COMPILE_CACHE={url!r}: use redis://HOST:PORT[/DB], rediss://…, or a directory")
 
 
@@ -114,6 +149,8 @@ class CompileCache:
     >>> cc = CompileCache("my-model", url="redis://127.0.0.1:6379/0")   # doctest: +SKIP
     """
 
+    KIND = "compile"  # bound into the entry's tag: a compile-cache entry never verifies as an AOT package
+
     def __init__(self, key: str, *, url: str | None = None, settings: Settings | None = None) -> None:
         if not isinstance(key, str) or not key:
             raise ValueError("compile_cache needs a non-empty string key, e.g. the model name and mode")
@@ -121,10 +158,12 @@ class CompileCache:
         self.env = environment()
         settings = settings or Settings.from_env()
         self.backend = _backend(settings, url)
+        self.secret = settings.compile_cache_key
+        self.trust_untagged = settings.compile_cache_trust
         # where entries go when the shared backend (Redis) is unreachable: this machine's cache home
         local = settings.home / "compile"
         self.local = None if isinstance(self.backend, _FileBackend) and self.backend.root == local \
-            else _FileBackend(local)
+            else _FileBackend(local, trusted=True)
         text = json.dumps({"key": key, **self.env, **self._key_extra()}, sort_keys=True)
         self.digest = hashlib.sha256(text.encode()).hexdigest()
         self.hit = False
@@ -162,9 +201,11 @@ class CompileCache:
         """Store ``payload`` under this entry's digest; True when stored. Never raises for cache problems."""
         sha = hashlib.sha256(payload).hexdigest()
         head = json.dumps({"key": self.key, "env": self.env, "sha256": sha}, sort_keys=True).encode()
+        body = head + b"\n" + payload
+        tag = NO_TAG if self.secret is None else entry_tag(self.secret, self.KIND, self.digest, body)
         while True:
             try:
-                return self.backend.put(self.digest, MAGIC + head + b"\n" + payload)
+                return self.backend.put(self.digest, MAGIC + tag + b"\n" + body)
             except Exception as e:  # noqa: BLE001
                 if self.local is None:
                     log.warning("compile cache at %s unreachable (%s: %s); artifacts not saved",
@@ -191,22 +232,60 @@ class CompileCache:
         log.info("compile cache hit for %r (%d bytes from %s)", self.key, len(payload), self.backend.where)
         return True
 
+    def _authentic(self, tag: bytes | None, body: bytes) -> bool:
+        """Whether an entry of the current backend may be parsed and loaded (see the module's **Trust**)."""
+        if self.backend.trusted:
+            return True
+        if self.secret is None:
+            if not self.trust_untagged:
+                _warn_once(self.backend.where, "no-key",
+                           "compile cache at %s is not loaded: whoever can write to it could run code in this "
+                           "process; set WARMSTART_COMPILE_CACHE_KEY (e.g. `openssl rand -hex 32`) on every "
+                           "writer and reader, or WARMSTART_COMPILE_CACHE_TRUST=1 if only you can write to it; "
+                           "compiling afresh", self.backend.where)
+            return self.trust_untagged
+        if tag is not None and hmac.compare_digest(tag, entry_tag(self.secret, self.KIND, self.digest, body)):
+            return True
+        _warn_once(self.backend.where, "bad-tag",
+                   "compile cache entry for %r at %s has no valid tag for WARMSTART_COMPILE_CACHE_KEY "
+                   "(written without the key, with another key, or altered); not loading it, compiling afresh",
+                   self.key, self.backend.where)
+        return False
+
     def _unpack(self, raw: bytes) -> bytes | None:
-        try:
-            if not raw.startswith(MAGIC):
-                raise ValueError("bad magic")
-            head, _, payload = raw[len(MAGIC):].partition(b"\n")
-            meta = json.loads(head)
-            if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
-                raise ValueError("payload digest mismatch")
-        except (ValueError, UnicodeDecodeError) as e:
-            log.warning("compile cache entry for %r is corrupt (%s); ignoring it and compiling afresh", self.key, e)
+        if raw.startswith(MAGIC):
+            tag, _, body = raw[len(MAGIC):].partition(b"\n")
+        elif raw.startswith(MAGIC_V1):
+            tag, body = None, raw[len(MAGIC_V1):]
+        else:
+            tag, body = None, b""
+        # authenticated before anything else is even parsed
+        if not self._authentic(tag, body):
             return None
-        env = meta.get("env", {})
+        try:
+            if not raw.startswith((MAGIC, MAGIC_V1)):
+                raise ValueError("bad magic")
+            head, sep, payload = body.partition(b"\n")
+            if not sep:
+                raise ValueError("no header line")
+            meta = json.loads(head)
+            if not isinstance(meta, dict):
+                raise ValueError(f"header is a JSON {type(meta).__name__}, not an object")
+            if not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("env"), dict):
+                raise ValueError("header lacks sha256 or env")
+            if meta.get("key", self.key) != self.key:
+                raise ValueError("header names another key")
+            if hashlib.sha256(payload).hexdigest() != meta["sha256"]:
+                raise ValueError("payload digest mismatch")
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            log.warning("compile cache entry for %r is corrupt (%s); ignoring it and compiling afresh", self.key,
+                        str(e)[:200])
+            return None
+        env = meta["env"]
         if env != self.env:
             diff = ", ".join(f"{k} {env.get(k)!r} != {v!r}" for k, v in self.env.items() if env.get(k) != v)
             log.warning("compile cache entry for %r was made for another environment (%s); compiling afresh",
-                        self.key, diff)
+                        self.key, diff[:500])
             return None
         return payload
 

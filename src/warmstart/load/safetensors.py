@@ -270,6 +270,15 @@ def _check_entry(path: str, name: str, entry: Any, data_start: int, data_size: i
         raise _fail(path, where, f"shape {shape[:8]} has a negative dimension")
     if any(d >= 2**63 for d in shape):
         raise _fail(path, where, "a shape dimension does not fit in 64 bits")
+    if 0 in shape:
+        # An empty tensor needs no bytes, yet torch and numpy size it from every other dimension (and raise
+        # their own errors past 2^63 bytes): bound that product before anything is built.
+        extent = DTYPES[dtype].itemsize
+        for d in shape:
+            extent *= d or 1
+            if extent >= 2**63:
+                raise _fail(path, where, f"shape {shape[:8]} x {dtype} overflows a 64-bit size "
+                            "(an empty tensor whose other dimensions multiply past 2^63 bytes)")
     offsets = entry["data_offsets"]
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
         raise _fail(path, where, "data_offsets must be a list of two integers [begin, end]")
