@@ -238,11 +238,12 @@ def gc_cmd(max_size: str | None, dry_run: bool, as_json: bool) -> None:
 @main.command("verify")
 @click.argument("ref", required=False)
 @click.option("--revision")
-@click.option("--repair", is_flag=True, help="Fetch corrupt or missing blobs again.")
+@click.option("--repair", is_flag=True, help="Fetch corrupt or missing blobs again; rebuild wrong views.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def verify_cmd(ref: str | None, revision: str | None, repair: bool, as_json: bool) -> None:
-    """Re-hash cached blobs; corrupt ones are quarantined (and fetched again with --repair)."""
+    """Re-hash cached blobs and check every view; corrupt blobs are quarantined (fetched again and wrong views
+    rebuilt with --repair)."""
     r = _manager().verify(ref, revision, repair=repair)
     if as_json:
         emit_json(r.to_json())
@@ -255,8 +256,12 @@ def verify_cmd(ref: str | None, revision: str | None, repair: bool, as_json: boo
             click.echo(f"missing: {d}")
         for s in r.repaired:
             click.echo(f"repaired: {s}")
+        for s in r.views:
+            click.echo(f"wrong view: {s}" + (" (rebuilt)" if s in r.views_repaired else ""))
     if not r.ok:
-        _fail(f"{len(r.corrupt)} corrupt and {len(r.missing)} missing blob(s); run `warmstart verify --repair`")
+        views = f" and {len(r.views)} view entr{'y' if len(r.views) == 1 else 'ies'} not resolving to their blob" \
+            if r.views else ""
+        _fail(f"{len(r.corrupt)} corrupt and {len(r.missing)} missing blob(s){views}; run `warmstart verify --repair`")
 
 
 def _pin(ref: str, revision: str | None, pinned: bool, as_json: bool) -> None:
