@@ -50,7 +50,7 @@ def _why_name(name: object) -> str | None:
     return None
 
 
-def _why_relpath(path: object) -> str | None:
+def unsafe_reason(path: object) -> str | None:
     """Why ``path`` is not a safe relative POSIX path (None when it is)."""
     if not isinstance(path, str) or not path:
         return "empty name"
@@ -81,7 +81,7 @@ def check_relpath(path: str, what: str = "file name") -> str:
     """``path`` if it is a relative POSIX path that stays inside its directory: no absolute path, no
     ``..``/``.``/empty component, no backslash, NUL or control character, not too long; else
     :class:`UnsafePathError`."""
-    why = _why_relpath(path)
+    why = unsafe_reason(path)
     if why:
         raise UnsafePathError(f"{what} {path!r} would escape its directory ({why}); refusing to write anything")
     return path
@@ -93,11 +93,6 @@ def check_name(name: str, what: str = "name") -> str:
     if why:
         raise UnsafePathError(f"{what} {name!r} cannot be a file name ({why}); refusing to write anything")
     return name
-
-
-def check_revision_name(name: str, what: str = "revision") -> str:
-    """A branch or tag name used under ``refs/``: a safe relative path (``refs/pr/1`` is fine)."""
-    return check_relpath(name, what)
 
 
 def is_commit(value: object) -> bool:
@@ -175,5 +170,5 @@ def _relative_parts(raw: tuple[str, ...], root_parts: tuple[str, ...], root_text
     return None
 
 
-__all__ = ["check_commit", "check_name", "check_relpath", "check_revision_name", "hub_blob_name", "inside",
-           "is_commit", "is_etag"]
+__all__ = ["check_commit", "check_name", "check_relpath", "hub_blob_name", "inside", "is_commit", "is_etag",
+           "unsafe_reason"]

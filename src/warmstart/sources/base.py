@@ -19,8 +19,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import ClassVar
 
+from ..cache.paths import unsafe_reason
 from ..config import Settings
-from ..cache.paths import _why_relpath
 from ..errors import OfflineError, TransferError, UnsafePathError
 from ..refs import Ref
 
@@ -109,7 +109,7 @@ class Source(abc.ABC):
 def safe_relpath(path: str) -> str:
     """Return ``path`` if it is a safe relative POSIX path inside a snapshot, else raise (the grammar is
     :func:`warmstart.cache.paths.check_relpath`, shared with every place that makes a view)."""
-    why = _why_relpath(path)
+    why = unsafe_reason(path)
     if why:
         raise UnsafePathError(
             f"file name {path!r} from the origin would escape the snapshot ({why}); refusing to write anything"
@@ -119,8 +119,8 @@ def safe_relpath(path: str) -> str:
 
 def _check_revision(ref: Ref, revision: object) -> None:
     """A listing's revision names a snapshot directory: no NUL, control character, absolute path or
-    ``..``; ``/`` and ``:`` are allowed (S3 version ids, OCI digests) and replaced in view names."""
-    if not isinstance(revision, str) or not revision or len(revision) > 1024:
+    ``..``, at most 255 bytes; ``/`` and ``:`` are allowed (OCI digests) and replaced in view names."""
+    if not isinstance(revision, str) or not revision or len(revision.encode("utf-8", "surrogatepass")) > 255:
         raise TransferError(f"{ref}: the origin answered an invalid revision; check the origin")
-    if _why_relpath(revision.strip("/")) or revision.startswith("/"):
+    if unsafe_reason(revision.strip("/")) or revision.startswith("/"):
         raise TransferError(f"{ref}: the origin answered an invalid revision {revision[:80]!r}; check the origin")
