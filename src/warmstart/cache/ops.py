@@ -265,8 +265,8 @@ class Manager(Cache):
             name = f"{r.source}@{r.revision}"
             try:
                 snap = views.snapshot_dir(self.layout, r.source, r.revision, r.kind)
-            except UnsafePathError as exc:
-                log.warning("%s: %s", name, exc)
+            except UnsafePathError as exc:  # recorded before names were checked: it has no view to check
+                log.warning("%s: %s; remove it with `warmstart rm %s`", name, exc, r.source)
                 wrong.append(f"{name}:")
                 continue
             bad = views.wrong_entries(self.layout, snap, files)
@@ -276,7 +276,10 @@ class Manager(Cache):
             for p in bad:
                 log.info("view %s/%s does not resolve to its blob", snap, p)
             if repair:
-                self._rebuild_view(r, snap, files, bad)
+                try:
+                    self._rebuild_view(r, snap, files, bad)
+                except (UnsafePathError, OSError) as exc:
+                    log.warning("cannot rebuild the view of %s: %s", name, exc)
                 still = set(views.wrong_entries(self.layout, snap, files))
                 fixed.extend(f"{name}:{p}" for p in bad if p not in still)
         return wrong, fixed

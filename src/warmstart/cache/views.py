@@ -90,7 +90,8 @@ def hub_view(layout: Layout, repo_id: str, commit: str, files: Iterable[FileEntr
         blob_rel = os.path.relpath(layout.blob(f.digest), repo / "blobs")
         link_atomic(blob_rel, inside(layout.hub, repo / "blobs" / name, what="hub blob link"))
         depth = path.count("/")
-        link_atomic("../" * (depth + 2) + f"blobs/{name}", inside(layout.hub, snap / path, what="snapshot file"))
+        where = inside(layout.hub, inside(snap, snap / path, what="snapshot file"), what="snapshot file")
+        link_atomic("../" * (depth + 2) + f"blobs/{name}", where)
     snap.mkdir(parents=True, exist_ok=True)
     for name, rev in (refs or {}).items():
         if name != commit:
@@ -103,7 +104,8 @@ def source_view(layout: Layout, source_key: str, revision: str, files: Iterable[
     """A snapshot folder for non-Hub sources: ``snapshots/<scheme>/<name>/<revision>/``."""
     snap = source_snapshot_dir(layout, source_key, revision)
     for f in files:
-        where = inside(layout.snapshots, snap / check_relpath(f.path), what="snapshot file")
+        where = inside(snap, snap / check_relpath(f.path), what="snapshot file")
+        inside(layout.snapshots, where, what="snapshot file")
         link_atomic(os.path.relpath(layout.blob(f.digest), where.parent), where)
     snap.mkdir(parents=True, exist_ok=True)
     return snap
