@@ -253,13 +253,14 @@ def gc_cmd(max_size: str | None, dry_run: bool, as_json: bool) -> None:
 @main.command("verify")
 @click.argument("ref", required=False)
 @click.option("--revision")
-@click.option("--repair", is_flag=True, help="Fetch corrupt or missing blobs again.")
+@click.option("--repair", is_flag=True, help="Fetch corrupt or missing blobs again; rebuild wrong views.")
 @click.option("--rebuild-index", "rebuild", is_flag=True,
               help="First move a damaged index.db aside and rebuild it from the blobs and views on disk.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def verify_cmd(ref: str | None, revision: str | None, repair: bool, rebuild: bool, as_json: bool) -> None:
-    """Re-hash cached blobs; corrupt ones are quarantined (and fetched again with --repair)."""
+    """Re-hash cached blobs and check every view; corrupt blobs are quarantined (fetched again and wrong views
+    rebuilt with --repair)."""
     m = _manager()
     rebuilt = m.rebuild_index() if rebuild else None
     if rebuilt is not None and not as_json:
@@ -277,8 +278,12 @@ def verify_cmd(ref: str | None, revision: str | None, repair: bool, rebuild: boo
             _echo(f"missing: {d}")
         for s in r.repaired:
             _echo(f"repaired: {s}")
+        for s in r.views:
+            _echo(f"wrong view: {s}" + (" (rebuilt)" if s in r.views_repaired else ""))
     if not r.ok:
-        _fail(f"{len(r.corrupt)} corrupt and {len(r.missing)} missing blob(s); run `warmstart verify --repair`")
+        views = f" and {len(r.views)} view entr{'y' if len(r.views) == 1 else 'ies'} not resolving to their blob" \
+            if r.views else ""
+        _fail(f"{len(r.corrupt)} corrupt and {len(r.missing)} missing blob(s){views}; run `warmstart verify --repair`")
 
 
 def _pin(ref: str, revision: str | None, pinned: bool, as_json: bool) -> None:

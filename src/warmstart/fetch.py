@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .cache.index import FileEntry
 from .cache.manager import Cache
-from .cache.views import hub_view, plain_view, source_view, view_is_complete
+from .cache.views import hub_snapshot_dir, hub_view, plain_view, source_view, view_is_complete
 from .config import Settings
 from .errors import NotFoundError, OfflineError, ReadOnlyCacheError
 from .refs import Ref, default_revision
@@ -50,8 +50,8 @@ def _finish(cache: Cache, ref: Ref, revision: str, files: list[FileEntry], opts:
             reused: int | None = None) -> Snapshot:
     files = [f for f in files if _selected(f.path, opts)]
     if ref.scheme == "hf":
-        path = cache.layout.hub_repo(ref.repo_id) / "snapshots" / revision
-        if refs or not view_is_complete(path, files):
+        path = hub_snapshot_dir(cache.layout, ref.repo_id, revision)
+        if refs or not view_is_complete(path, files, cache.layout):  # complete, and every link right
             path = hub_view(cache.layout, ref.repo_id, revision, files, refs)
     else:
         path = source_view(cache.layout, _key(ref), revision, files)

@@ -125,10 +125,11 @@ class PartialFile:
 
 
 def git_hasher(job: FileJob):
-    """git's blob id is sha1(b"blob <size>\\0" + content): checks files the origin gives no sha256 for."""
-    if not job.git_oid or job.size is None or len(job.git_oid) != 40:
+    """git's blob id is sha1(b"blob <size>\\0" + content) (sha256 in a sha256 repository, 64 hex digits):
+    checks files the origin gives no sha256 for. Every id is checked: one of any other form never matches."""
+    if not job.git_oid or job.size is None:
         return None
-    h = hashlib.sha1(usedforsecurity=False)
+    h = hashlib.sha256() if len(job.git_oid) == 64 else hashlib.sha1(usedforsecurity=False)
     h.update(b"blob %d\0" % job.size)
     return h
 

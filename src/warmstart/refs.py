@@ -42,6 +42,7 @@ _HF_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _HF_REPO = re.compile(rf"{_HF_PART}/{_HF_PART}")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+_OCI_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 #: the revision a ref without one means, per scheme (the Hub's default branch)
@@ -104,9 +105,20 @@ def _split_rev(body: str, text: str) -> tuple[str, str | None]:
     if "@" not in body:
         return body, None
     loc, rev = body.split("@", 1)
-    if not rev or not _REVISION.fullmatch(rev) or ".." in rev:
-        raise _bad(text, f"bad revision {rev!r}")
+    _check_revision(rev, text)
     return loc, rev
+
+
+def _check_revision(rev: str, text: str) -> None:
+    """One grammar for ``@REV`` and ``--revision``/``revision=``: a branch, tag, commit or version id
+    (``refs/pr/1`` is fine) or an OCI digest; never ``..``, an empty component, NUL or a control
+    character, since a revision may name a file under the cache (``hub/models--…/refs/<name>``)."""
+    if not isinstance(rev, str) or not rev:
+        raise _bad(text, "empty revision")
+    if _OCI_DIGEST.fullmatch(rev):
+        return
+    if not _REVISION.fullmatch(rev) or ".." in rev or any(p in ("", ".") for p in rev.split("/")):
+        raise _bad(text, f"bad revision {rev!r}")
 
 
 def parse(text: str, *, revision: str | None = None) -> Ref:
@@ -118,8 +130,7 @@ def parse(text: str, *, revision: str | None = None) -> Ref:
         raise _bad(text, "NUL character")
     ref = _parse(text)
     if revision is not None:
-        if not _REVISION.fullmatch(revision) and not revision.startswith("sha256:"):
-            raise _bad(text, f"bad revision {revision!r}")
+        _check_revision(revision, text)
         ref = ref.with_revision(revision)
     return ref
 

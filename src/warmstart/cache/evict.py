@@ -26,6 +26,7 @@ from ..errors import CacheFullError
 from . import leases
 from .index import SnapshotRow
 from .layout import scan_blobs as layout_scan
+from .paths import inside
 
 if TYPE_CHECKING:
     from .manager import Cache
@@ -114,7 +115,7 @@ class Plan:
             elif a.kind == "blob":
                 candidates.update(dict.fromkeys(a.digests))
             elif a.kind == "tmp":
-                _unlink(cache.layout.home / a.what)
+                _unlink(inside(cache.layout.tmp, cache.layout.home / a.what, what="partial file"))
         blobs, freed, kept = _remove_blobs(cache, candidates)  # 3. unreferenced, unleased blobs
         return Result(snaps, blobs, freed, tuple(kept))
 
@@ -152,33 +153,42 @@ def _remove_blobs(cache: Cache, digests: Iterable[str]) -> tuple[int, int, list[
 
 
 def _remove_views(cache: Cache, row: SnapshotRow, files) -> None:
-    """Remove a dropped snapshot's views: the hub snapshot dir, refs naming it, unused etag links."""
+    """Remove a dropped snapshot's views: the hub snapshot dir, refs naming it, unused etag links. Every
+    path is checked to lie inside its directory first; a view whose name would not (a record made before
+    names were checked) is left alone and logged."""
     import shutil
 
-    from .views import source_view
+    from ..errors import UnsafePathError
+    from .paths import hub_blob_name
+    from .views import snapshot_dir
 
-    if not row.source.startswith("hf://"):
-        shutil.rmtree(source_view(cache.layout, row.source, row.revision, []), ignore_errors=True)
+    try:
+        snap = snapshot_dir(cache.layout, row.source, row.revision, row.kind)
+    except UnsafePathError as exc:
+        log.warning("not removing the view of %s: %s", row.source, exc)
         return
-    repo = cache.layout.hub_repo(row.source.removeprefix("hf://"))
-    shutil.rmtree(repo / "snapshots" / row.revision, ignore_errors=True)
+    if not snap.is_symlink():  # rmtree never follows links inside; a link in its place is not ours
+        shutil.rmtree(snap, ignore_errors=True)
+    if not snap.is_relative_to(cache.layout.hub):
+        return
+    repo = snap.parent.parent
     refs_dir = repo / "refs"
-    if refs_dir.is_dir():
+    if refs_dir.is_dir() and not refs_dir.is_symlink():
         for ref in list(refs_dir.rglob("*")):
             try:
-                if ref.is_file() and ref.read_text().strip() == row.revision:
-                    ref.unlink()
-            except OSError:
+                if ref.is_file() and not ref.is_symlink() and ref.read_text().strip() == row.revision:
+                    os.unlink(inside(cache.layout.hub, ref, what="refs file"))
+            except (OSError, UnsafePathError):
                 pass
-    still = {e for (e,) in cache.index.query(
-        "SELECT DISTINCT COALESCE(f.etag, f.digest) FROM files f JOIN snapshots s ON s.id=f.snapshot "
+    still = {hub_blob_name(e, d) for e, d in cache.index.query(
+        "SELECT DISTINCT f.etag, f.digest FROM files f JOIN snapshots s ON s.id=f.snapshot "
         "WHERE s.source=?", (row.source,))}
     for f in files:
-        etag = f.etag or f.digest
-        if etag not in still:
-            _unlink(repo / "blobs" / etag)
-    if not cache.index.snapshots(row.source):
-        shutil.rmtree(repo, ignore_errors=True)
+        name = hub_blob_name(f.etag, f.digest)
+        if name not in still:
+            _unlink(inside(cache.layout.hub, repo / "blobs" / name, what="hub blob link"))
+    if not cache.index.snapshots(row.source) and not repo.is_symlink():
+        shutil.rmtree(inside(cache.layout.hub, repo, what="hub repository"), ignore_errors=True)
 
 
 def human(n: float | None) -> str:

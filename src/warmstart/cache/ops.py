@@ -19,10 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Settings, parse_size
-from ..errors import ConfigError, NotFoundError
-from . import evict, leases
+from ..errors import ConfigError, NotFoundError, UnsafePathError
+from . import evict, leases, views
 from .index import SnapshotRow
 from .manager import Cache
+from .paths import hub_blob_name, inside
 from .store import cpu_count, git_oid_file, sha256_blob
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ class Entry:
 
 @dataclasses.dataclass(frozen=True)
 class VerifyReport:
-    """What ``verify`` found: blobs checked, bytes hashed, corrupt and missing blobs, snapshots repaired."""
+    """What ``verify`` found: blobs checked, bytes hashed, corrupt and missing blobs, snapshots repaired,
+    and view entries (``"source@revision:path"``) that did not resolve to their recorded blob, and those
+    rebuilt by ``repair``."""
 
     checked: int
     bytes: int
@@ -63,14 +66,18 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return (not self.corrupt and not self.missing) or self._all_repaired
+        blobs = (not self.corrupt and not self.missing) or self._all_repaired
+        return blobs and set(self.views) <= set(self.views_repaired)
 
     _all_repaired: bool = False
+    views: tuple[str, ...] = ()
+    views_repaired: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return {"checked": self.checked, "bytes": self.bytes, "seconds": round(self.seconds, 3),
                 "corrupt": list(self.corrupt), "missing": list(self.missing), "repaired": list(self.repaired),
-                "quarantined": list(self.quarantined), "ok": self.ok}
+                "quarantined": list(self.quarantined), "wrong_views": list(self.views),
+                "views_repaired": list(self.views_repaired), "ok": self.ok}
 
 
 class Manager(Cache):
@@ -199,7 +206,8 @@ class Manager(Cache):
                workers: int | None = None) -> VerifyReport:
         """Re-hash blobs: different blobs in parallel, one thread per CPU (hashlib releases the GIL; sha256
         of one blob cannot be split), each hashing its blob through a read-only mapping (no copy). Corrupt
-        blobs are moved to ``quarantine/``; with ``repair`` their snapshots are pulled again."""
+        blobs are moved to ``quarantine/``; with ``repair`` their snapshots are pulled again. Then every
+        view entry is checked to resolve to the blob its snapshot records; ``repair`` rebuilds wrong ones."""
         t0 = time.monotonic()
         rows = self.find(ref, revision) if ref else self.index.snapshots()
         digests: dict[str, int] = {}
@@ -247,8 +255,59 @@ class Manager(Cache):
                     self.refetch(f"{r.source}@{r.revision}")
                     repaired.append(f"{r.source}@{r.revision}")
         left = [d for d in bad if not self.store.has(d)]
+        views, fixed = self._verify_views(rows, repair)
         return VerifyReport(len(digests), hashed, time.monotonic() - t0, tuple(corrupt), tuple(missing),
-                            tuple(repaired), tuple(quarantined), _all_repaired=bool(repaired) and not left)
+                            tuple(repaired), tuple(quarantined), _all_repaired=bool(repaired) and not left,
+                            views=tuple(views), views_repaired=tuple(fixed))
+
+    def _verify_views(self, rows: list[SnapshotRow], repair: bool) -> tuple[list[str], list[str]]:
+        """Check that every file of every view (hub snapshot links and their ``blobs/<etag>`` links,
+        ``snapshots/…`` links) resolves to the blob its snapshot records; with ``repair``, rebuild the
+        wrong ones (no download: the blobs are local). Returns (wrong entries, repaired entries)."""
+        wrong: list[str] = []
+        fixed: list[str] = []
+        for r in rows:
+            if self.index.get_snapshot(r.id) is None:  # replaced meanwhile (a repair pulled it again)
+                continue
+            files = self.index.snapshot_files(r.id)
+            name = f"{r.source}@{r.revision}"
+            try:
+                snap = views.snapshot_dir(self.layout, r.source, r.revision, r.kind)
+            except UnsafePathError as exc:  # recorded before names were checked: it has no view to check
+                log.warning("%s: %s; remove it with `warmstart rm %s`", name, exc, r.source)
+                wrong.append(f"{name}:")
+                continue
+            bad = views.wrong_entries(self.layout, snap, files)
+            if not bad:
+                continue
+            wrong.extend(f"{name}:{p}" for p in bad)
+            for p in bad:
+                log.info("view %s/%s does not resolve to its blob", snap, p)
+            if repair:
+                try:
+                    self._rebuild_view(r, snap, files, bad)
+                except (UnsafePathError, OSError) as exc:
+                    log.warning("cannot rebuild the view of %s: %s", name, exc)
+                still = set(views.wrong_entries(self.layout, snap, files))
+                fixed.extend(f"{name}:{p}" for p in bad if p not in still)
+        return wrong, fixed
+
+    def _rebuild_view(self, row: SnapshotRow, snap: Path, files: list, bad: list[str]) -> None:
+        """Clear what is in the way of each wrong entry (inside the view only), then make the view again."""
+        if snap.is_symlink():
+            os.unlink(inside(self.layout.home, snap, what="snapshot view"))
+        for p in bad:
+            views.clear_entry(snap, p, self.layout)
+        if snap.is_relative_to(self.layout.hub):
+            repo = snap.parent.parent
+            for f in files:
+                link = repo / "blobs" / hub_blob_name(f.etag, f.digest)
+                if os.path.lexists(link) and os.path.realpath(link) != os.path.realpath(self.store.path(f.digest)):
+                    views.clear_entry(repo / "blobs", link.name, self.layout)
+            refs = {n: v for n, v in self.index.refs_of(row.source).items() if v == row.revision}
+            views.hub_view(self.layout, row.source.removeprefix("hf://"), row.revision, files, refs)
+        else:
+            views.source_view(self.layout, row.source, row.revision, files)
 
     def rebuild_index(self):
         """Move a damaged ``index.db`` aside and rebuild it from the blobs and views on disk (pins and
@@ -260,9 +319,10 @@ class Manager(Cache):
     def _quarantine(self, digest: str) -> Path:
         """Move a corrupt blob out of ``blobs/`` (never served again, kept for inspection)."""
         self.layout.quarantine.mkdir(parents=True, exist_ok=True)
-        dest = self.layout.quarantine / f"{digest}.{int(time.time())}"
+        dest = inside(self.layout.home, self.layout.quarantine / f"{digest}.{int(time.time())}",
+                      what="quarantine file")
         try:
-            os.replace(self.store.path(digest), dest)
+            os.replace(inside(self.layout.home, self.store.path(digest), what="blob"), dest)
         except FileNotFoundError:
             pass
         if self.memory is not None:

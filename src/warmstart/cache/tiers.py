@@ -41,6 +41,7 @@ from .._io import start_writeback
 from ..errors import CacheFullError
 from . import leases
 from .layout import Layout, check_digest, scan_blobs
+from .paths import check_relpath, inside
 from .store import _copy, cpu_count, fsync_file, git_hasher
 from .views import link_atomic
 
@@ -146,7 +147,7 @@ class MemoryTier:
         name = hashlib.sha256(f"{source}@{revision}".encode()).hexdigest()[:24]
         view = self.root / "views" / name
         for f in files:
-            where = view / f.path
+            where = inside(self.root, view / check_relpath(f.path), what="RAM tier view file")
             link_atomic(os.path.relpath(self.path(f.digest), where.parent), where)
         return view
 
@@ -317,7 +318,7 @@ def shared_fetch(cache: Cache, shared_dir: Path, digest: str, size: int | None, 
     if got != digest:
         log.warning("shared tier: %s is corrupt (sha256 %s); removed it, fetching from the origin", src, got[:12])
         _rm(tmp)
-        _rm(src)
+        _rm(inside(shared_dir, src, what="shared blob"))
         return False
     if git is not None and git.hexdigest() != git_oid:
         log.warning("shared tier: %s is not the file the origin lists (git blob id %s, expected %s); ignoring "

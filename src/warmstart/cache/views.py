@@ -9,6 +9,9 @@ a temporary name and renamed into place, so a reader never sees a half-made view
     hub/models--org--name/refs/main                              "<commit>"
     hub/models--org--name/blobs/<etag> -> ../../../blobs/sha256/ab/<digest>
     hub/models--org--name/snapshots/<commit>/<path> -> ../../blobs/<etag>   (one ../ more per subdir)
+
+Every path made here is checked by :func:`warmstart.cache.paths.inside` first; ``<etag>`` is the
+origin's etag only when it is 40 or 64 lowercase hex (else the sha256), ``<commit>`` one path component.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from pathlib import Path
 
 from ..errors import WarmstartError
 from .index import FileEntry
-from .layout import Layout
+from .layout import Layout, repo_folder
+from .paths import check_name, check_relpath, hub_blob_name, inside
 
 
 def link_atomic(target: str, where: Path) -> None:
@@ -51,37 +55,103 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def hub_snapshot_dir(layout: Layout, repo_id: str, commit: str) -> Path:
+    """``hub/models--org--name/snapshots/<commit>``, checked to lie inside the hub directory."""
+    repo = layout.hub / check_name(repo_folder(repo_id), "repository folder")
+    return inside(layout.hub, repo / "snapshots" / check_name(commit, "commit"), what="hub snapshot")
+
+
+def source_snapshot_dir(layout: Layout, source_key: str, revision: str) -> Path:
+    """``snapshots/<scheme>/<name>/<revision>``, checked to lie inside the snapshots directory."""
+    scheme, _, loc = source_key.partition("://")
+    safe = "".join(c if c.isalnum() or c in "-._" else "-" for c in loc.replace("/", "--"))[:200]
+    name = revision.replace("/", "-").replace(":", "-")
+    snap = layout.snapshots / check_name(scheme, "scheme") / check_name(safe, "source name") / check_name(
+        name, "revision")
+    return inside(layout.snapshots, snap, what="snapshot view")
+
+
+def snapshot_dir(layout: Layout, source: str, revision: str, kind: str = "source") -> Path:
+    """The view directory of a recorded snapshot: the Hub layout for Hub sources, else ``snapshots/``."""
+    if source.startswith("hf://") and kind != "derived" and "#" not in source:
+        return hub_snapshot_dir(layout, source.removeprefix("hf://"), revision)
+    return source_snapshot_dir(layout, source, revision)
+
+
 def hub_view(layout: Layout, repo_id: str, commit: str, files: Iterable[FileEntry],
              refs: dict[str, str] | None = None) -> Path:
-    """Make (or complete) ``hub/models--org--name/snapshots/<commit>``; returns that directory."""
-    repo = layout.hub_repo(repo_id)
-    snap = repo / "snapshots" / commit
+    """Make (or complete, or repair) ``hub/models--org--name/snapshots/<commit>``; returns that directory.
+    A link that points elsewhere is re-pointed."""
+    snap = hub_snapshot_dir(layout, repo_id, commit)
+    repo = snap.parent.parent
     for f in files:
-        etag = f.etag or f.digest
+        path = check_relpath(f.path)
+        name = hub_blob_name(f.etag, f.digest)
         blob_rel = os.path.relpath(layout.blob(f.digest), repo / "blobs")
-        link_atomic(blob_rel, repo / "blobs" / etag)
-        depth = f.path.count("/")
-        link_atomic("../" * (depth + 2) + f"blobs/{etag}", snap / f.path)
+        link_atomic(blob_rel, inside(layout.hub, repo / "blobs" / name, what="hub blob link"))
+        depth = path.count("/")
+        where = inside(layout.hub, inside(snap, snap / path, what="snapshot file"), what="snapshot file")
+        link_atomic("../" * (depth + 2) + f"blobs/{name}", where)
     snap.mkdir(parents=True, exist_ok=True)
     for name, rev in (refs or {}).items():
         if name != commit:
-            _write_text(repo / "refs" / name, rev)
+            check_relpath(name, "revision")
+            _write_text(inside(layout.hub, repo / "refs" / name, what="refs file"), check_name(rev, "commit"))
     return snap
 
 
 def source_view(layout: Layout, source_key: str, revision: str, files: Iterable[FileEntry]) -> Path:
     """A snapshot folder for non-Hub sources: ``snapshots/<scheme>/<name>/<revision>/``."""
-    scheme, _, loc = source_key.partition("://")
-    safe = "".join(c if c.isalnum() or c in "-._" else "-" for c in loc.replace("/", "--"))[:200]
-    snap = layout.snapshots / scheme / safe / revision.replace("/", "-").replace(":", "-")
+    snap = source_snapshot_dir(layout, source_key, revision)
     for f in files:
-        link_atomic(os.path.relpath(layout.blob(f.digest), (snap / f.path).parent), snap / f.path)
+        where = inside(snap, snap / check_relpath(f.path), what="snapshot file")
+        inside(layout.snapshots, where, what="snapshot file")
+        link_atomic(os.path.relpath(layout.blob(f.digest), where.parent), where)
     snap.mkdir(parents=True, exist_ok=True)
     return snap
 
 
-def view_is_complete(snap: Path, files: Iterable[FileEntry]) -> bool:
+def wrong_entries(layout: Layout, snap: Path, files: Iterable[FileEntry]) -> list[str]:
+    """The files of a view that do not resolve to the blob their snapshot records (missing ones too):
+    each must be a symlink whose whole chain ends at ``blobs/sha256/…/<digest>``."""
+    wrong = []
+    for f in files:
+        where = snap / f.path
+        try:
+            ok = os.path.islink(where) and os.path.realpath(where) == os.path.realpath(layout.blob(f.digest))
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            wrong.append(f.path)
+    return wrong
+
+
+def view_is_complete(snap: Path, files: Iterable[FileEntry], layout: Layout | None = None) -> bool:
+    """Every file of the view is there and, given ``layout``, resolves to its recorded blob."""
+    files = list(files)
+    if layout is not None:
+        return not wrong_entries(layout, snap, files)
     return all(os.path.lexists(snap / f.path) for f in files)
+
+
+def clear_entry(root: Path, rel: str, layout: Layout) -> None:
+    """Remove what stands where the view entry ``root/rel`` belongs: the entry itself (a wrong link, a
+    file, a directory), or the first component on its way that is a link or not a directory. Nothing
+    outside ``root`` (nor the cache home) is touched: every removal is checked by :func:`inside`, rmtree
+    follows no link."""
+    cur = root
+    parts = check_relpath(rel).split("/")
+    for i, part in enumerate(parts):
+        cur = cur / part
+        if not os.path.lexists(cur):
+            return
+        if i == len(parts) - 1 or os.path.islink(cur) or not cur.is_dir():
+            where = inside(layout.home, inside(root, cur, what="view entry"), what="view entry")
+            if where.is_dir() and not where.is_symlink():
+                shutil.rmtree(where)
+            else:
+                os.unlink(where)
+            return
 
 
 class DirectoryConflict(WarmstartError, FileExistsError):
@@ -119,7 +189,7 @@ def plain_view(layout: Layout, dest: Path, files: Iterable[FileEntry], *, mode: 
 
     files = list(files)
     for f in files:  # check everything before changing anything
-        where = dest / f.path
+        where = inside(dest, dest / check_relpath(f.path), what="--to file")
         if where.exists() and not where.is_symlink() and not ours(where, f.path):
             st, bst = where.stat(), layout.blob(f.digest).stat()
             if (st.st_ino, st.st_dev) != (bst.st_ino, bst.st_dev):
@@ -127,7 +197,7 @@ def plain_view(layout: Layout, dest: Path, files: Iterable[FileEntry], *, mode: 
                                         "since); remove it or choose another --to directory")
     for f in files:
         blob = layout.blob(f.digest)
-        where = dest / f.path
+        where = inside(dest, dest / f.path, what="--to file")
         if mode == "symlink":
             link_atomic(str(blob), where)
             made.pop(f.path, None)

@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from .._redact import redact_url
+from ..cache.paths import unsafe_reason
 from ..config import Settings
-from ..errors import OfflineError, UnsafePathError
+from ..errors import OfflineError, TransferError, UnsafePathError
 from ..refs import Ref
 
 
@@ -64,12 +65,18 @@ class Listing:
     files: tuple[RemoteFile, ...]
 
     def __post_init__(self) -> None:
+        _check_revision(self.ref, self.revision)
         seen: set[str] = set()
         for f in self.files:
             safe_relpath(f.path)
             if f.path in seen:
                 raise UnsafePathError(f"file name {f.path!r} appears twice in the listing of {self.ref}")
             seen.add(f.path)
+        dirs = {f.path.rsplit("/", i)[0] for f in self.files for i in range(1, f.path.count("/") + 1)}
+        for f in self.files:  # "a" and "a/b" in one model: a file where a directory must be
+            if f.path in dirs:
+                raise UnsafePathError(f"file name {f.path!r} in the listing of {self.ref} is also a directory "
+                                      "of another file; refusing to write anything")
 
 
 class OriginUnreachable(OfflineError):
@@ -106,24 +113,20 @@ class Source(abc.ABC):
 
 
 def safe_relpath(path: str) -> str:
-    """Return ``path`` if it is a safe relative POSIX path inside a snapshot, else raise."""
-    why = None
-    if not isinstance(path, str) or not path:
-        why = "empty name"
-    elif "\x00" in path:
-        why = "NUL character"
-    elif "\\" in path:
-        why = "backslash"
-    elif path.startswith("/") or (len(path) > 1 and path[1] == ":"):
-        why = "absolute path"
-    elif any(part in ("", ".", "..") for part in path.split("/")):
-        why = "'..' component" if ".." in path.split("/") else "empty or '.' component"
-    elif len(path.encode()) > 4096 or any(len(p.encode()) > 255 for p in path.split("/")):
-        why = "name too long"
-    elif any(ord(c) < 32 for c in path):
-        why = "control character"
+    """Return ``path`` if it is a safe relative POSIX path inside a snapshot, else raise (the grammar is
+    :func:`warmstart.cache.paths.check_relpath`, shared with every place that makes a view)."""
+    why = unsafe_reason(path)
     if why:
         raise UnsafePathError(
             f"file name {path!r} from the origin would escape the snapshot ({why}); refusing to write anything"
         )
     return path
+
+
+def _check_revision(ref: Ref, revision: object) -> None:
+    """A listing's revision names a snapshot directory: no NUL, control character, absolute path or
+    ``..``, at most 255 bytes; ``/`` and ``:`` are allowed (OCI digests) and replaced in view names."""
+    if not isinstance(revision, str) or not revision or len(revision.encode("utf-8", "surrogatepass")) > 255:
+        raise TransferError(f"{ref}: the origin answered an invalid revision; check the origin")
+    if unsafe_reason(revision.strip("/")) or revision.startswith("/"):
+        raise TransferError(f"{ref}: the origin answered an invalid revision {revision[:80]!r}; check the origin")

@@ -18,18 +18,28 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import time
 import urllib.parse
 
 from .. import _http
 from .._redact import clean
+from ..cache.paths import is_commit
 from ..errors import GatedRepoError, NotFoundError, TransferError
 from ..refs import Ref
-from .base import Listing, OriginUnreachable, RemoteFile, Source
+from .base import Listing, OriginUnreachable, RemoteFile, Source, safe_relpath
 
 log = logging.getLogger(__name__)
 
 RETRIES = 3
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_BLOB_ID = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
+
+
+def _shown(value: object) -> str:
+    """A value from the origin, quoted for a one-line message: escaped and cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class HubSource(Source):
@@ -42,30 +52,63 @@ class HubSource(Source):
     def resolve(self, ref: Ref) -> Listing:
         info = self.model_info(ref)
         commit = info.get("sha")
-        if not isinstance(commit, str) or not commit:
+        if commit is None or commit == "":
             raise NotFoundError(f"{ref}: the Hub returned no commit for this revision; check the revision")
+        if not is_commit(commit):  # it names a directory: 40 lowercase hex digits, nothing else
+            raise TransferError(f"{ref}: the origin answered an invalid commit {_shown(commit)} (not 40 lowercase "
+                                "hex digits); check HF_ENDPOINT")
+        siblings = info.get("siblings")
+        if siblings is None:
+            siblings = []
+        if not isinstance(siblings, list):
+            raise TransferError(f"{ref}: the origin answered a malformed file list (siblings is a "
+                                f"{type(siblings).__name__}); check HF_ENDPOINT")
         headers = self._headers()
         files = []
-        for s in info.get("siblings") or ():
-            name = s.get("rfilename")
-            lfs = s.get("lfs") or None
-            sha = lfs.get("sha256") if isinstance(lfs, dict) else None
-            size = s.get("size")
-            if size is None and isinstance(lfs, dict):
-                size = lfs.get("size")
-            url = f"{self.settings.endpoint}/{ref.repo_id}/resolve/{commit}/{urllib.parse.quote(str(name))}"
-            files.append(RemoteFile(
-                path=name,
-                size=int(size) if isinstance(size, int) else None,
-                url=url,
-                sha256=sha.lower() if isinstance(sha, str) else None,
-                etag=sha.lower() if isinstance(sha, str) else s.get("blobId"),
-                headers=headers,
-                # LFS files: size and sha256 are known and the CDN serves ranges, so no HEAD first
-                probe=not isinstance(sha, str),
-                git_oid=None if isinstance(sha, str) else s.get("blobId"),
-            ))
+        for s in siblings:
+            files.append(self._file(ref, commit, s, headers))
         return Listing(ref.with_revision(commit), commit, tuple(files))
+
+    def _file(self, ref: Ref, commit: str, s: object, headers: dict[str, str]) -> RemoteFile:
+        """One ``siblings`` entry as a RemoteFile; a malformed one is a one-line TransferError."""
+        def bad(why: str) -> TransferError:
+            return TransferError(f"{ref}: the origin answered a malformed file entry ({why}); check HF_ENDPOINT")
+
+        if not isinstance(s, dict):
+            raise bad(f"a {type(s).__name__}, not an object")
+        name = s.get("rfilename")
+        if not isinstance(name, str):
+            raise bad(f"rfilename is a {type(name).__name__}")
+        name = safe_relpath(name)
+        lfs = s.get("lfs")
+        if lfs is not None and lfs is not False and not isinstance(lfs, dict):
+            raise bad(f"{name!r}: lfs is a {type(lfs).__name__}")
+        sha = lfs.get("sha256") if isinstance(lfs, dict) else None
+        if sha is not None:
+            if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+                raise bad(f"{name!r}: LFS sha256 {_shown(sha)} is not 64 hex digits")
+            sha = sha.lower()
+        size = s.get("size")
+        if size is None and isinstance(lfs, dict):
+            size = lfs.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**62):
+            raise bad(f"{name!r}: size {_shown(size)} is not a byte count")
+        blob_id = s.get("blobId")
+        if blob_id is not None and (not isinstance(blob_id, str) or not _BLOB_ID.fullmatch(blob_id)):
+            raise bad(f"{name!r}: blobId {_shown(blob_id)} is not a git object id")
+        blob_id = blob_id.lower() if blob_id else None
+        url = f"{self.settings.endpoint}/{ref.repo_id}/resolve/{commit}/{urllib.parse.quote(name)}"
+        return RemoteFile(
+            path=name,
+            size=size,
+            url=url,
+            sha256=sha,
+            etag=sha or blob_id,
+            headers=headers,
+            # LFS files: size and sha256 are known and the CDN serves ranges, so no HEAD first
+            probe=sha is None,
+            git_oid=None if sha else blob_id,
+        )
 
     def model_info(self, ref: Ref) -> dict:
         """The Hub's JSON for ``ref`` at its revision, with file metadata."""
