@@ -90,6 +90,7 @@ class Registry:
         self.actions = "pull,push" if push else "pull"
         self.auth: dict[str, str] = {}
         self.client = _http.Client(timeout=60.0)
+        self.metadata_limit = settings.metadata_limit  # manifests, indexes, token answers, error bodies
 
     def close(self) -> None:
         self.client.close()
@@ -105,6 +106,8 @@ class Registry:
             hdrs = {**self.auth, **(headers or {})}
             try:
                 status, rh, data = self._send(method, url, hdrs, body, length)
+            except TransferError:
+                raise  # an answer too large or too slow: not an unreachable registry
             except (OSError, http.client.HTTPException) as exc:
                 raise OriginUnreachable(f"registry {self.host} is unreachable ({type(exc).__name__}); check "
                                         "the name, or WARMSTART_INSECURE_REGISTRIES for a plain-HTTP one") from None
@@ -120,7 +123,11 @@ class Registry:
     def _send(self, method, url, hdrs, body, length):
         if body is None:
             resp = self.client.request(method, url, hdrs)
-            data = resp.read()
+            try:
+                data = self._read(resp)
+            except TransferError:
+                self.client.drop(url)
+                raise
             return resp.status, _http.headers_of(resp), data
         p = urllib.parse.urlsplit(url)
         conn, absolute = _http.connect(p.scheme, p.netloc, 120)
@@ -132,9 +139,13 @@ class Registry:
                 path, headers = f"{p.scheme}://{p.netloc}{path}", {**headers, **absolute}
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
-            return resp.status, _http.headers_of(resp), resp.read()
+            return resp.status, _http.headers_of(resp), self._read(resp)
         finally:
             conn.close()
+
+    def _read(self, resp: http.client.HTTPResponse) -> bytes:
+        return _http.read_bounded(resp, self.metadata_limit, what=f"the answer of registry {self.host}",
+                                  hint="check the registry (or raise WARMSTART_METADATA_LIMIT)")
 
     def _authenticate(self, challenge: str) -> None:
         scheme, params = parse_challenge(challenge)
@@ -155,7 +166,10 @@ class Registry:
             hdrs["Authorization"] = "Basic " + base64.b64encode(":".join(creds).encode()).decode()
         try:
             resp = self.client.request("GET", url, hdrs)
-            data = resp.read()
+            data = self._read(resp)
+        except TransferError:
+            self.client.drop(url)
+            raise
         except (OSError, http.client.HTTPException) as exc:
             raise OriginUnreachable(f"token service of {self.host} is unreachable ({type(exc).__name__})") from None
         if resp.status in (401, 403):
@@ -163,8 +177,8 @@ class Registry:
                                  f"(HTTP {resp.status}); check REGISTRY_AUTH_FILE or ~/.docker/config.json")
         if resp.status != 200:
             raise TransferError(f"token service of {self.host} answered HTTP {resp.status}")
-        body = json.loads(data)
-        token = body.get("token") or body.get("access_token")
+        body = _http.load_json(data, what=f"the token service of {self.host}'s answer", hint="check the registry")
+        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
         if not token:
             raise TransferError(f"token service of {self.host} returned no token")
         self.auth = {"Authorization": f"Bearer {token}"}
@@ -196,4 +210,11 @@ class Registry:
             raise TransferError(f"oci://{self.host}/{self.repo}: the registry kept throttling (HTTP {status}) "
                                 "after 5 tries; try again later")
         self.check(status, f"manifest {reference!r}", data)
+        try:  # the caller parses it; a manifest nested too deeply for the parser is refused here
+            json.loads(data)
+        except RecursionError:
+            raise TransferError(f"oci://{self.host}/{self.repo}: the manifest {reference!r} is nested too deeply "
+                                "to be a manifest; check the registry") from None
+        except ValueError:
+            pass  # not JSON: the caller says so
         return data, headers
