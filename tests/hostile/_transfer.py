@@ -178,6 +178,18 @@ def drip(data: bytes, every: float = 0.2, headers_too: bool = False) -> Answer:
     return answer
 
 
+def slow(data: bytes, rate: float, piece: int = 1024) -> Answer:
+    """``data`` at about ``rate`` bytes/s, ``piece`` bytes at a time: slow but steady."""
+    def answer(h: Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        for i in range(0, len(data), piece):
+            if h.server.origin.stopping.wait(piece / rate) or not h.write_raw(data[i:i + piece]):
+                return
+    return answer
+
+
 def json_answer(body: bytes, *, length: bool = True, chunk: int = 1 << 20) -> Answer:
     """``body`` as the JSON answer, with or without Content-Length, written in pieces."""
     def answer(h: Handler) -> None:

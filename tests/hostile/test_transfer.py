@@ -29,6 +29,7 @@ from tests.hostile._transfer import (
     redirect,
     serve,
     sized_head,
+    slow,
     stall,
     unsized,
 )
@@ -204,6 +205,15 @@ def test_a_stalled_or_dripping_body_is_dropped_and_retried(origin, home, kind):
     assert (snap.path / name).read_bytes() == data
     path = f"/{REPO}/resolve/{COMMIT}/{name}"
     assert sum(1 for _, p in origin.requests if p == path) >= 2  # the first answer was given up on
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_but_steady_body_is_not_dropped(origin, home):
+    data = os.urandom(48 << 10)  # 3 s at 16 KiB/s: above the minimum rate, each second brings bytes
+    origin.hub_file("config.json", data, slow(data, 16 << 10))
+    snap = warmstart.pull(f"hf://{REPO}", quiet=True)
+    assert (snap.path / "config.json").read_bytes() == data
+    assert sum(1 for _, p in origin.requests if p.endswith("/config.json")) == 1
 
 
 @pytest.mark.timeout(60)
