@@ -13,15 +13,25 @@ from __future__ import annotations
 import base64
 import http.client
 import ipaddress
+import json
 import os
 import re
 import socket
 import ssl
+import time
 import urllib.parse
 
 from ._redact import redact_url
+from .errors import TransferError
 
 USER_AGENT = "warmstart/0.1"
+#: the default bound of a metadata answer (a listing page, a manifest, a revision's JSON)
+METADATA_LIMIT = 64 * 2**20
+#: the default timeouts: reaching a host, and waiting for the next byte of an answer
+CONNECT_TIMEOUT = 5.0
+STALL_TIMEOUT = 30.0
+#: an answer slower than this (bytes/s, averaged over the stall timeout) is dropped as well
+MIN_RATE = 1024
 
 _ssl_context: ssl.SSLContext | None = None
 #: (scheme, host:port) -> the TLS context of a CA bundle configured for that host (AWS_CA_BUNDLE for S3)
@@ -82,6 +92,55 @@ def redact(url: str) -> str:
 def host_key(url: str) -> tuple[str, str]:
     p = urllib.parse.urlsplit(url)
     return p.scheme, p.netloc
+
+
+def printable(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters, control characters escaped: safe in a one-line message."""
+    text = text[:limit] + ("…" if len(text) > limit else "")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+_URL_SAFE = "".join(chr(c) for c in range(33, 127)) + "".join(chr(c) for c in range(32)) + "\x7f"
+
+
+def check_url(url: str, *, what: str = "URL") -> str:
+    """``url`` if it is ``http(s)://HOST[:PORT]/…`` that the client can request; else a one-line
+    TransferError. Guards every redirect target: ``file://``, ``ftp://``, a malformed IPv6 host or port,
+    whitespace or control characters are refused, never followed.
+
+    >>> check_url("https://cdn.example/x?sig=1")
+    'https://cdn.example/x?sig=1'
+    >>> check_url("file:///etc/passwd", what="redirect")
+    Traceback (most recent call last):
+    ...
+    warmstart.errors.TransferError: refused a redirect to file:///etc/passwd: only http:// and https:// URLs with a host are followed; the origin is misconfigured or hostile
+    """
+    why = None
+    try:
+        p = urllib.parse.urlsplit(url)
+        p.port  # noqa: B018 - raises ValueError for a malformed port
+        if p.scheme not in ("http", "https") or not p.hostname:
+            why = "only http:// and https:// URLs with a host are followed"
+        elif not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+            why = "it holds whitespace, control or non-ASCII characters"
+    except ValueError as exc:
+        why = f"it is malformed ({exc})"
+    if why:
+        raise TransferError(f"refused a {what} to {printable(redact(url))}: {why}; the origin is misconfigured "
+                            "or hostile")
+    return url
+
+
+def content_length(value: str | None) -> int | None:
+    """A Content-Length header as an int, or None when absent or not a plain non-negative number.
+
+    >>> content_length("13"), content_length("abc"), content_length("-1"), content_length("²")
+    (13, None, None, None)
+    """
+    value = (value or "").strip()
+    if not value or len(value) > 19 or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
 
 
 # -- forward proxies --------------------------------------------------------------------------------
@@ -155,12 +214,20 @@ def _no_proxy(host: str, value: str) -> bool:
     return False
 
 
-def connect(scheme: str, netloc: str, timeout: float) -> tuple[http.client.HTTPConnection, dict[str, str] | None]:
+def connect(scheme: str, netloc: str, timeout: float,
+            connect_timeout: float | None = None) -> tuple[http.client.HTTPConnection, dict[str, str] | None]:
     """A connection to ``netloc``, through the environment's proxy if any. The second value is None,
     or the headers to add to each request when requests must name the absolute URL (plain HTTP through
-    a proxy); HTTPS goes through a CONNECT tunnel, so TLS is end to end."""
+    a proxy); HTTPS goes through a CONNECT tunnel, so TLS is end to end. With ``connect_timeout`` the
+    connection is made at once under that timeout, and ``timeout`` then bounds each read."""
     if scheme not in ("http", "https"):
-        raise ValueError(f"unsupported URL scheme {scheme!r}")
+        raise TransferError(f"unsupported URL scheme {printable(scheme)!r}: only http and https")
+    if connect_timeout is not None:
+        conn, absolute = connect(scheme, netloc, connect_timeout)
+        conn.connect()
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn, absolute
     parts = urllib.parse.urlsplit("//" + netloc)
     host, port = parts.hostname or "", parts.port or (443 if scheme == "https" else 80)
     proxy = proxy_for(scheme, host)
@@ -179,8 +246,9 @@ def connect(scheme: str, netloc: str, timeout: float) -> tuple[http.client.HTTPC
 class Client:
     """Persistent connections keyed by (scheme, host:port). Not thread-safe: one per thread."""
 
-    def __init__(self, timeout: float = 30.0) -> None:
+    def __init__(self, timeout: float = STALL_TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self._conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
         self._absolute: dict[tuple[str, str], dict[str, str]] = {}  # plain HTTP through a proxy
 
@@ -188,7 +256,7 @@ class Client:
         key = (scheme, netloc)
         conn = self._conns.get(key)
         if conn is None:
-            conn, absolute = connect(scheme, netloc, self.timeout)
+            conn, absolute = connect(scheme, netloc, self.timeout, self.connect_timeout)
             self._conns[key] = conn
             if absolute is not None:
                 self._absolute[key] = absolute
@@ -217,8 +285,9 @@ class Client:
                     pass
 
     def request(self, method: str, url: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
-        """Send one request on a kept-alive connection; reconnects once if the old one went stale."""
-        p = urllib.parse.urlsplit(url)
+        """Send one request on a kept-alive connection; reconnects once if the old one went stale. A URL
+        the client cannot request (another scheme, a malformed host or port) is a TransferError."""
+        p = urllib.parse.urlsplit(check_url(url, what="request"))
         path = p.path or "/"
         if p.query:
             path += "?" + p.query
@@ -226,13 +295,18 @@ class Client:
         if headers:
             hdrs.update(headers)
         for attempt in (0, 1):
-            conn = self._conn(p.scheme, p.netloc)
-            fresh = conn.sock is None
-            target, extra = path, self._absolute.get((p.scheme, p.netloc))
-            if extra is not None:  # through a proxy: the absolute URL, and the proxy's credentials
-                target = f"{p.scheme}://{p.netloc}{path}"
-                hdrs.update(extra)
+            fresh = (p.scheme, p.netloc) not in self._conns or self._conns[(p.scheme, p.netloc)].sock is None
             try:
+                conn = self._conn(p.scheme, p.netloc)
+                if conn.sock is None:  # closed by the server after the last answer: reconnect, same timeouts
+                    conn.timeout = self.connect_timeout
+                    conn.connect()
+                    if conn.sock is not None:
+                        conn.sock.settimeout(self.timeout)
+                target, extra = path, self._absolute.get((p.scheme, p.netloc))
+                if extra is not None:  # through a proxy: the absolute URL, and the proxy's credentials
+                    target = f"{p.scheme}://{p.netloc}{path}"
+                    hdrs.update(extra)
                 conn.request(method, target, headers=hdrs)
                 resp = conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
@@ -253,7 +327,7 @@ class Client:
         self, method: str, url: str, headers: dict[str, str] | None = None, *, max_redirects: int = 8
     ) -> tuple[str, http.client.HTTPResponse]:
         """Request ``url`` following redirects; returns (final URL, response). Credentials are not
-        sent to another host."""
+        sent to another host. A redirect to anything but an http(s) URL with a host is a TransferError."""
         headers = dict(headers or {})
         origin = host_key(url)
         for _ in range(max_redirects + 1):
@@ -263,7 +337,13 @@ class Client:
                 drain(resp)
                 if not location:
                     raise HTTPStatusError(resp.status, url)
-                url = urllib.parse.urljoin(url, location)
+                try:
+                    url = urllib.parse.urljoin(url, location)
+                except ValueError:  # e.g. a malformed IPv6 host: urljoin parses the target
+                    url = location
+                # non-ASCII characters and spaces percent-encoded, as browsers and requests do
+                url = urllib.parse.quote(url, safe=_URL_SAFE)
+                check_url(url, what="redirect")
                 if host_key(url) != origin:
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 continue
@@ -283,16 +363,105 @@ def headers_of(resp: http.client.HTTPResponse) -> dict[str, str]:
     return {k.lower(): v for k, v in resp.getheaders()}
 
 
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)", re.ASCII)
 
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """``bytes 0-9/100`` -> (0, 10, 100) with an exclusive end."""
+    """``bytes 0-9/100`` -> (0, 10, 100) with an exclusive end; None when malformed (a negative or
+    non-numeric value, an end before the start, a range beyond the total).
+
+    >>> parse_content_range("bytes 0-9/100"), parse_content_range("bytes 5-1/100"), parse_content_range("x")
+    ((0, 10, 100), None, None)
+    """
     m = _CONTENT_RANGE.fullmatch((value or "").strip())
     if not m:
         return None
+    start, end = int(m.group(1)), int(m.group(2)) + 1
     total = None if m.group(3) == "*" else int(m.group(3))
-    return int(m.group(1)), int(m.group(2)) + 1, total
+    if end <= start or (total is not None and end > total):
+        return None
+    return start, end, total
+
+
+def readinto_some(resp: http.client.HTTPResponse, buf: memoryview) -> int:
+    """Read at most ``len(buf)`` bytes of the body with at most one ``recv``; 0 at its end.
+
+    ``resp.readinto`` loops until the buffer is full, so a body that drips a byte at a time blocks it
+    for ever and shows no progress; reading what has arrived lets a caller measure the rate and give
+    up on a body that is too slow. Bytes go straight into ``buf`` (no copy) unless the body is chunked.
+    """
+    if resp.fp is None or not len(buf):
+        return 0
+    if resp.chunked:
+        data = resp.read1(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+    if resp.length is not None:
+        buf = buf[: resp.length]
+        if not len(buf):
+            resp.close()
+            return 0
+    n = resp.fp.readinto1(buf)
+    if not n:
+        resp.close()
+        return 0
+    if resp.length is not None:
+        resp.length -= n
+        if not resp.length:
+            resp.close()  # as http.client does at the end of a body: the connection stays open
+    return n
+
+
+def read_bounded(resp: http.client.HTTPResponse, limit: int = METADATA_LIMIT, *, what: str, hint: str,
+                 stall_s: float = STALL_TIMEOUT, min_rate: int = MIN_RATE) -> bytes:
+    """The whole body of a metadata answer, at most ``limit`` bytes, else a one-line TransferError
+    (``what`` names the answer, ``hint`` says what to check). The body must also keep coming: at least
+    ``min_rate`` bytes/s over each ``stall_s`` seconds (a byte at a time would otherwise hold a pull
+    for ever). The caller drops the connection after an error (the rest of the body is unread).
+
+    >>> read_bounded(resp, 64 << 20, what="the Hub's listing", hint="check HF_ENDPOINT")   # doctest: +SKIP
+    """
+    declared = resp.length
+    if declared is not None and declared > limit:
+        raise TransferError(f"{what} is larger than {_human(limit)} ({_human(declared)} announced); {hint}")
+    out = bytearray()
+    buf = memoryview(bytearray(min(limit + 1, 1 << 20)))
+    mark_t, mark_n = time.monotonic(), 0
+    while n := readinto_some(resp, buf[: min(len(buf), limit + 1 - len(out))]):
+        out += buf[:n]
+        if len(out) > limit:
+            raise TransferError(f"{what} is larger than {_human(limit)}; {hint}")
+        now = time.monotonic()
+        if now - mark_t >= stall_s:
+            if len(out) - mark_n < min_rate * (now - mark_t):
+                raise TransferError(f"{what} arrives too slowly ({len(out) - mark_n} bytes in {now - mark_t:.0f} s)"
+                                    f"; {hint}")
+            mark_t, mark_n = now, len(out)
+    return bytes(out)
+
+
+def load_json(data: bytes, *, what: str, hint: str):
+    """``json.loads`` with every failure (invalid, not UTF-8, nested too deeply) as a one-line TransferError.
+
+    >>> load_json(b"[" * 100000, what="the listing", hint="check HF_ENDPOINT")
+    Traceback (most recent call last):
+    ...
+    warmstart.errors.TransferError: the listing is not valid JSON (nested too deeply); check HF_ENDPOINT
+    """
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise TransferError(f"{what} is not valid JSON (nested too deeply); {hint}") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise TransferError(f"{what} is not valid JSON; {hint}") from None
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} bytes"
 
 
 def is_connection_error(exc: BaseException) -> bool:

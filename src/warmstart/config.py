@@ -10,12 +10,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
+from fractions import Fraction
 from pathlib import Path
 
 from .errors import ConfigError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+#: the largest size any setting may name (SQLite's integers, ``posix_fallocate``'s offsets): 8 EiB
+MAX_SIZE_VALUE = 2**63 - 1
+#: WARMSTART_CHUNK_SIZE: from 1 MiB (the engine's floor) to 4 GiB
+CHUNK_RANGE = (2**20, 2**32)
 
 _UNITS = {
     "": 1, "B": 1,
@@ -34,11 +40,49 @@ def parse_size(text: str | int | None) -> int | None:
         return None
     if isinstance(text, int):
         return text or None
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    m = re.fullmatch(r"\s*([0-9]{1,30}(?:\.[0-9]{1,30})?)\s*([A-Za-z]*)\s*", text, re.ASCII)
     if not m or m.group(2).upper() not in _UNITS:
-        raise ConfigError(f"invalid size {text!r}: use a number with an optional unit, e.g. 200G, 1.5GiB, 500M")
-    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+        raise ConfigError(f"invalid size {text[:40]!r}: use a number with an optional unit, e.g. 200G, 1.5GiB, "
+                          "500M")
+    value = int(Fraction(m.group(1)) * _UNITS[m.group(2).upper()])  # exact: no float overflow or rounding
+    if value > MAX_SIZE_VALUE:
+        raise ConfigError(f"size {text[:40]!r} is too large: the largest is 8 EiB; use e.g. 200G")
     return value or None
+
+
+def _size(env: Mapping[str, str], name: str, hi: int = MAX_SIZE_VALUE, lo: int = 0) -> int | None:
+    """``parse_size`` of one variable, with its name and range in the error."""
+    raw = env.get(name)
+    try:
+        value = parse_size(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    if value is not None and not lo <= value <= hi:
+        raise ConfigError(f"{name}={raw[:40]!r} is out of range; set a size from {lo} to {hi} bytes")
+    return value
+
+
+def check_endpoint(url: str, name: str = "HF_ENDPOINT") -> str:
+    """An origin URL setting must be ``http(s)://HOST[:PORT][/PATH]``; returns it without a trailing slash.
+
+    >>> check_endpoint("http://127.0.0.1:8080/")
+    'http://127.0.0.1:8080'
+    >>> check_endpoint("ftp://x")
+    Traceback (most recent call last):
+    ...
+    warmstart.errors.ConfigError: HF_ENDPOINT='ftp://x' is not an http(s) URL with a host; set it to e.g. https://huggingface.co, or unset it
+    """
+    try:
+        p = urllib.parse.urlsplit(url)
+        p.port  # noqa: B018 - raises ValueError for a malformed port
+        ok = p.scheme in ("http", "https") and bool(p.hostname) and not any(c.isspace() or ord(c) < 32
+                                                                             for c in url)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{name}={url[:80]!r} is not an http(s) URL with a host; set it to e.g. "
+                          f"{DEFAULT_ENDPOINT}, or unset it")
+    return url.rstrip("/")
 
 
 def _truthy(value: str | None) -> bool:
@@ -62,6 +106,13 @@ class Settings:
     max_connections: int = 64
     min_connections: int = 16
     chunk_size: int = 16 * 2**20
+    #: a body (or a response's headers) that delivers no byte for this long is dropped and retried
+    stall_timeout: float = 30.0
+    #: ... and so is one slower than ``min_rate`` bytes/s averaged over ``stall_timeout``
+    min_rate: int = 1024
+    connect_timeout: float = 5.0
+    #: the largest metadata answer read (the Hub's revision JSON, registry manifests)
+    metadata_limit: int = 64 * 2**20
     compile_cache: str | None = None
     #: HMAC key authenticating compile-cache / AOT entries in Redis or a shared directory (never printed)
     compile_cache_key: bytes | None = dataclasses.field(default=None, repr=False)
@@ -79,17 +130,21 @@ class Settings:
         token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or _stored_token(env)
         return cls(
             home=Path(home).expanduser(),
-            max_size=parse_size(env.get("WARMSTART_MAX_SIZE")),
+            max_size=_size(env, "WARMSTART_MAX_SIZE"),
             offline=_truthy(env.get("WARMSTART_OFFLINE")) or _truthy(env.get("HF_HUB_OFFLINE")),
-            endpoint=(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+            endpoint=check_endpoint(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT),
             token=token,
             quiet=_truthy(env.get("WARMSTART_QUIET")),
             memory_dir=Path(env["WARMSTART_MEMORY_DIR"]) if env.get("WARMSTART_MEMORY_DIR") else None,
-            memory_max_size=parse_size(env.get("WARMSTART_MEMORY_MAX_SIZE")),
+            memory_max_size=_size(env, "WARMSTART_MEMORY_MAX_SIZE"),
             shared_dir=Path(env["WARMSTART_SHARED_DIR"]) if env.get("WARMSTART_SHARED_DIR") else None,
             max_connections=_int(env, "WARMSTART_MAX_CONNECTIONS", 64, 1, 512),
             min_connections=_int(env, "WARMSTART_MIN_CONNECTIONS", 16, 1, 512),
-            chunk_size=parse_size(env.get("WARMSTART_CHUNK_SIZE")) or 16 * 2**20,
+            chunk_size=_size(env, "WARMSTART_CHUNK_SIZE", CHUNK_RANGE[1], CHUNK_RANGE[0]) or 16 * 2**20,
+            stall_timeout=_seconds(env, "WARMSTART_STALL_TIMEOUT", 30.0),
+            min_rate=(_size(env, "WARMSTART_MIN_RATE", 2**30) or 0) if env.get("WARMSTART_MIN_RATE") else 1024,
+            connect_timeout=_seconds(env, "WARMSTART_CONNECT_TIMEOUT", 5.0),
+            metadata_limit=_size(env, "WARMSTART_METADATA_LIMIT", 2**40, 1024) or 64 * 2**20,
             compile_cache=env.get("WARMSTART_COMPILE_CACHE") or None,
             compile_cache_key=_secret_key(env.get("WARMSTART_COMPILE_CACHE_KEY")),
             compile_cache_trust=_truthy(env.get("WARMSTART_COMPILE_CACHE_TRUST")),
@@ -133,6 +188,19 @@ def _stored_token(env: Mapping[str, str]) -> str | None:
             return fh.read().strip() or None
     except OSError:
         return None
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, lo: float = 0.05, hi: float = 86400.0) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not lo <= value <= hi:  # NaN fails too
+        raise ConfigError(f"{name}={raw[:40]!r} is not a number of seconds from {lo} to {hi:.0f}; e.g. {default:g}")
+    return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:

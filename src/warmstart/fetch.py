@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .cache.index import FileEntry
-from .cache.manager import Cache
+from .cache.manager import DISK_RESERVE, Cache
 from .cache.views import hub_snapshot_dir, hub_view, plain_view, source_view, view_is_complete
 from .config import Settings
 from .errors import NotFoundError, OfflineError, ReadOnlyCacheError
@@ -215,11 +215,17 @@ def _fetch(cache: Cache, ref: Ref, chosen: list, settings: Settings, opts: PullO
         return bool(digest) and cache.store.has(digest, job.size)
 
     try:
-        cache.ensure_room(sum(j.size or 0 for j in jobs), protect={e.digest for e in entries.values()})
+        known = sum(j.size or 0 for j in jobs)
+        cache.ensure_room(known, protect={e.digest for e in entries.values()})
+        # files of unknown size may take what is left of the budget, and never the last of the disk
+        room = (None if cache.max_size is None
+                else max(0, cache.max_size - cache.index.total_blob_bytes() - known))
         engine = Transfer(
             cache.layout.tmp, cache.layout.locks,
             min_connections=settings.min_connections, max_connections=settings.max_connections,
             chunk_size=settings.chunk_size, progress=opts.progress, is_done=is_done,
+            timeout=settings.stall_timeout, min_rate=settings.min_rate,
+            connect_timeout=settings.connect_timeout, stream_room=room, disk_reserve=DISK_RESERVE,
         )
         stats = engine.run(jobs, on_file)
     except BaseException:

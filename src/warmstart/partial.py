@@ -82,6 +82,7 @@ class PartialFile:
         self.integrity_retries = 0
         self.downloaded = 0
         self.resumed = 0
+        self.room = 0  # bytes of the budget's room a file of unknown size has taken (see Transfer._take_room)
         self.dirty = False
         self.finished = False
 

@@ -26,6 +26,16 @@ it back (from the page cache) and feeds the hash, so verification is done moment
 byte arrives. A file whose digest does not match is discarded and downloaded once more; a second
 mismatch fails with ``IntegrityError``. Nothing unverified is ever handed to ``on_file``.
 
+Every request is watched (see :meth:`Transfer._watch`): an answer that delivers no byte for
+``stall_timeout`` seconds (30; ``WARMSTART_STALL_TIMEOUT``), or fewer than ``min_rate`` bytes/s (1 KiB/s;
+``WARMSTART_MIN_RATE``) averaged over that window, has its connection shut down and is retried from the
+byte it reached, at most ``retries`` times: a pull never hangs on a stalled or dripping origin.
+
+A file's bytes are bounded: by the size the listing or a HEAD gave (more is an ``IntegrityError``),
+else by the Content-Length of its GET, else by the room left in the cache budget and on disk
+(``CacheFullError`` before the disk fills). A stream that fails leaves nothing in ``tmp/``: it could
+never resume.
+
 Partial files survive ``kill -9``: ``tmp/<key>.part`` holds the bytes, ``tmp/<key>.part.json`` the
 ranges known to be written (saved every 0.25 s, in-flight progress included). A later run resumes
 from them. Across processes, one ``flock`` per file makes the download single-flight: a process that
@@ -40,9 +50,11 @@ import errno
 import fcntl
 import functools
 import hashlib
+import http.client
 import logging
 import os
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +64,7 @@ from typing import Protocol
 
 from . import _http
 from ._io import start_writeback
-from .errors import CacheFullError, IntegrityError, NotFoundError, TransferError
+from .errors import CacheFullError, IntegrityError, NotFoundError, TransferError, WarmstartError
 from .partial import PartialFile as _File
 from .partial import git_hasher, merge, preallocate
 
@@ -133,7 +145,11 @@ class Transfer:
         max_connections: int = 64,
         chunk_size: int = 16 * MiB,
         retries: int = 6,
-        timeout: float = 30.0,
+        timeout: float = _http.STALL_TIMEOUT,
+        min_rate: int = _http.MIN_RATE,
+        connect_timeout: float = _http.CONNECT_TIMEOUT,
+        stream_room: int | None = None,
+        disk_reserve: int = 0,
         progress: Progress | None = None,
         is_done: Callable[[FileJob], bool] | None = None,
         on_range: Callable[[FileJob, int, int], None] | None = None,
@@ -143,7 +159,14 @@ class Transfer:
         self.max_connections = max(1, max_connections)
         self.chunk_size = max(MIN_CHUNK, chunk_size)
         self.retries = retries
-        self.timeout = timeout
+        self.timeout = timeout  # the stall timeout: no byte for this long drops a request
+        self.min_rate = min_rate
+        self.connect_timeout = connect_timeout
+        #: bytes that files of unknown size may write in all (the budget's room); None: no budget
+        self.stream_room = stream_room
+        self.disk_reserve = disk_reserve  # free disk space kept while writing files of unknown size
+        self._room_used = 0
+        self._beats: list[_Beat] = []
         self.progress = progress or _NoProgress()
         self.is_done = is_done or (lambda job: False)
         self.on_range = on_range
@@ -195,6 +218,9 @@ class Transfer:
 
     # -- admission and single flight -------------------------------------------------------
     def _admit(self, job: FileJob) -> None:
+        if job.size is not None and job.size < 0:
+            raise TransferError(f"{job.name}: the origin lists a negative size ({job.size}); it is faulty, "
+                                "report it")
         f = _File(job, self.tmp_dir / f"{job.key}.part")
         lock_path = self.lock_dir / f"{job.key}.lock"
         f.lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -289,6 +315,7 @@ class Transfer:
                     return
                 self._cv.wait(0.05)
                 now = time.monotonic()
+                self._watch(now)
                 if now - last_save >= SAVE_EVERY:
                     self._save_dirty()
                     last_save = now
@@ -316,6 +343,29 @@ class Transfer:
                 prev = (self._target, rate)
                 self._spawn(min(room, max(2, self._target // 2)))
                 last_change = now
+
+    def _watch(self, now: float) -> None:
+        """Shut down the connection of a request that received no byte for ``timeout`` seconds, or
+        fewer than ``min_rate`` bytes/s over that window (headers included: they count as no byte).
+        Its worker then fails the attempt with that reason and retries from the byte it reached."""
+        for beat in self._beats:
+            if not beat.active or beat.reason is not None:
+                continue
+            seq, idle, span = beat.seq, now - beat.last, now - beat.mark_t
+            if idle >= self.timeout:
+                why = f"no byte for {idle:.0f} s"
+            elif span >= self.timeout:
+                got = beat.bytes - beat.mark_b
+                if got >= self.min_rate * span:
+                    beat.mark_t, beat.mark_b = now, beat.bytes
+                    continue
+                why = f"{got} bytes in {span:.0f} s, below the minimum rate of {self.min_rate} bytes/s"
+            else:
+                continue
+            if beat.seq == seq and beat.active:
+                beat.reason = why
+                log.debug("dropping a connection: %s", why)
+                beat.client.abort()
 
     def _spawn(self, n: int) -> None:
         log.debug("connections: %d -> %d after %.1f MB", self._target, self._target + n, self._net_bytes / 1e6)
@@ -418,31 +468,36 @@ class Transfer:
 
     # -- workers ---------------------------------------------------------------------------
     def _worker(self) -> None:
-        client = _http.Client(timeout=self.timeout)
+        client = _http.Client(timeout=self.timeout + 1.0, connect_timeout=self.connect_timeout)
+        beat = _Beat(client)
         with self._cv:
             self._clients.append(client)
+            self._beats.append(beat)
         buf = memoryview(bytearray(BUFFER))
         try:
             while (task := self._next_task()) is not None:
                 kind, f = task[0], task[1]
                 try:
                     if kind == "resolve":
-                        self._with_retries(f, functools.partial(self._resolve, client, f))
+                        self._with_retries(f, beat, functools.partial(self._resolve, client, f))
                     elif kind == "stream":
-                        self._with_retries(f, functools.partial(self._stream, client, f, buf))
+                        self._with_retries(f, beat, functools.partial(self._stream, client, f, buf, beat))
                     else:
-                        self._with_retries(f, functools.partial(self._chunk, client, f, task[2], buf))
+                        self._with_retries(f, beat, functools.partial(self._chunk, client, f, task[2], buf, beat))
                 except BaseException as exc:
                     self._fail(exc)
                     return
         finally:
             client.close()
 
-    def _with_retries(self, f: _File, fn: Callable[[], None]) -> None:
+    def _with_retries(self, f: _File, beat: _Beat, fn: Callable[[], None]) -> None:
         for attempt in range(self.retries + 1):
+            beat.start()
             try:
                 fn()
                 return
+            except WarmstartError:
+                raise  # permanent: a refused redirect, a size or budget overrun, a digest mismatch
             except _http.HTTPStatusError as exc:
                 if self._stop:
                     return
@@ -450,17 +505,23 @@ class Transfer:
                     raise self._status_error(f, exc) from None
                 delay = exc.retry_after or _backoff(attempt)
                 log.info("%s: %s; retrying in %.1fs", f.job.name, exc, delay)
-            except (OSError, _TruncatedError) as exc:
+            except (OSError, http.client.HTTPException, _TruncatedError) as exc:
                 if self._stop:
                     return  # halted: the socket was shut down under us
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise CacheFullError(f"disk full while writing {f.part}: free space and pull again "
                                          "(the partial download is kept and will resume)") from None
+                why = beat.reason or (f"no byte for {self.timeout:.0f} s" if isinstance(exc, TimeoutError)
+                                      else _http.printable(str(exc) or type(exc).__name__))
+                if beat.reason is not None:
+                    beat.client.drop()  # the watchdog shut its sockets down
                 if attempt == self.retries:
-                    raise TransferError(f"{f.job.name}: {exc} (after {self.retries} retries); "
+                    raise TransferError(f"{f.job.name}: {why} (after {self.retries} retries); "
                                         "check the connection and pull again to resume") from None
                 delay = _backoff(attempt)
-                log.info("%s: %s; retrying in %.1fs", f.job.name, exc, delay)
+                log.info("%s: %s; retrying in %.1fs", f.job.name, why, delay)
+            finally:
+                beat.stop()
             if self._stop_evt.wait(delay):
                 return
 
@@ -484,8 +545,8 @@ class Transfer:
             return
         if resp.status != 200:
             raise _http.HTTPStatusError(resp.status, url, _http.headers_of(resp))
-        length = resp.getheader("Content-Length")
-        if length is not None and f.size is not None and int(length) != f.size:
+        length = _http.content_length(resp.getheader("Content-Length"))
+        if length is not None and f.size is not None and length != f.size:
             raise IntegrityError(f"{f.job.name}: the origin now serves {length} bytes, the listing said "
                                  f"{f.size}; the file changed upstream, pull again")
         ranges = (resp.getheader("Accept-Ranges") or "").lower() == "bytes"
@@ -504,7 +565,7 @@ class Transfer:
         if everything_on_disk:  # a resumed file with no byte missing: only the hash is left to do
             self._poke_hash(f)
 
-    def _chunk(self, client: _http.Client, f: _File, span: list[int], buf: memoryview) -> None:
+    def _chunk(self, client: _http.Client, f: _File, span: list[int], buf: memoryview, beat: _Beat) -> None:
         start, end = span[1], span[2]
         if start >= end:
             return self._chunk_done(f, span)
@@ -549,7 +610,7 @@ class Transfer:
                         break
                 if pos >= end:
                     break
-                n = resp.readinto(buf[: min(BUFFER, end - pos)])
+                n = _fill(resp, buf[: min(BUFFER, end - pos)], beat)
                 if not n:
                     raise _TruncatedError(f"body ended at byte {pos}, expected {end}")
                 os.pwrite(f.fd, buf[:n], pos)
@@ -595,19 +656,36 @@ class Transfer:
             self.on_range(f.job, span[0], span[2])
         self._poke_hash(f)
 
-    def _stream(self, client: _http.Client, f: _File, buf: memoryview) -> None:
+    def _stream(self, client: _http.Client, f: _File, buf: memoryview, beat: _Beat) -> None:
+        """One GET for the whole file, bounded: never more bytes than the listed (or probed) size, else
+        than the answer's Content-Length, else than the room left in the budget and on disk."""
         url, resp = client.follow("GET", f.job.url, f.job.headers)
         if resp.status != 200:
             raise _http.HTTPStatusError(resp.status, url, _http.headers_of(resp), _http.drain(resp))
+        expected, announced = f.job.size, resp.length  # resp.length: None when unknown or invalid
+        if expected is not None and announced is not None and announced != expected:
+            client.drop(url)
+            raise IntegrityError(f"{f.job.name}: the origin sends {announced} bytes, the listing said {expected}; "
+                                 "the file changed upstream or the origin is faulty; nothing was kept, pull again")
+        cap = expected if expected is not None else announced
         with self._cv:
             self._receiving.add(threading.get_ident())  # a streamed body counts for the pool's ramp too
             f.hasher, f.git = hashlib.sha256(), git_hasher(f.job)
         if f.fd >= 0:
             os.close(f.fd)
-        f.fd = os.open(f.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         pos = 0
         try:
-            while n := resp.readinto(buf):
+            if expected is None:
+                self._take_room(f, announced or 0, 0)  # a Content-Length beyond the room: fail before a byte
+            f.fd = os.open(f.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            # one byte more than the cap is asked for: an origin that sends it is caught, not believed
+            while n := _fill(resp, buf if cap is None else buf[: min(len(buf), cap + 1 - pos)], beat):
+                if cap is not None and pos + n > cap:
+                    said = "the listing said" if expected is not None else "its Content-Length said"
+                    raise IntegrityError(f"{f.job.name}: the origin sent more than the {cap} bytes {said}; "
+                                         "nothing was kept. The origin is faulty or hostile: check it")
+                if cap is None:
+                    self._take_room(f, n, pos)
                 os.pwrite(f.fd, buf[:n], pos)
                 f.hash_update(buf[:n])
                 pos += n
@@ -615,23 +693,53 @@ class Transfer:
                     self._net_bytes += n
                     f.downloaded += n
                 self.progress.advance(n)
+            if resp.length or (expected is not None and pos != expected):
+                raise _TruncatedError(f"got {pos} bytes, expected {expected if expected is not None else resp.length}")
         except BaseException:
             client.drop(url)
             self.progress.advance(-pos)
-            os.close(f.fd)
-            f.fd = -1
+            with self._cv:
+                f.downloaded -= pos
+            self._drop_stream(f)
             raise
-        if resp.length or (f.size is not None and pos != f.size):
-            client.drop(url)
-            self.progress.advance(-pos)
-            os.close(f.fd)
-            f.fd = -1
-            raise _TruncatedError(f"got {pos} bytes, expected {f.size}")
+        beat.stop()  # publishing is not the origin's time
         with self._cv:
             f.size = pos
             f.hashed, f.done = pos, [[0, pos]]
             f.hash_busy = True
         self._finish(f)
+
+    def _take_room(self, f: _File, n: int, pos: int) -> None:
+        """Reserve ``n`` more bytes for a file of unknown size: within the budget's room, and leaving
+        ``disk_reserve`` free on disk. CacheFullError otherwise (nothing is kept)."""
+        with self._cv:
+            if self.stream_room is not None and self._room_used + n > self.stream_room:
+                raise CacheFullError(
+                    f"{f.job.name}: the origin sends more than the {_human(self.stream_room)} left in the cache "
+                    f"budget (the file's size is unknown; {_human(pos + n)} so far); raise WARMSTART_MAX_SIZE "
+                    "or make room with `warmstart gc`; nothing was kept")
+            self._room_used += n
+            f.room += n
+        free = shutil.disk_usage(self.tmp_dir).free
+        if free < n + self.disk_reserve:
+            raise CacheFullError(
+                f"{f.job.name}: not enough disk space under {self.tmp_dir} for a file of unknown size "
+                f"({_human(pos + n)} so far, {_human(free)} free); free space or set WARMSTART_HOME to a "
+                "larger disk; nothing was kept")
+
+    def _drop_stream(self, f: _File) -> None:
+        """A failed stream can never resume: close and remove its partial file, give its room back."""
+        if f.fd >= 0:
+            os.close(f.fd)
+            f.fd = -1
+        with self._cv:
+            self._room_used -= f.room
+            f.room = 0
+        for p in (f.part, f.state_path):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
 
     # -- hashing and completion ------------------------------------------------------------
     def _poke_hash(self, f: _File) -> None:
@@ -730,6 +838,58 @@ class Transfer:
 
 class _TruncatedError(Exception):
     """A response body that ended early or did not match what was asked."""
+
+
+class _Beat:
+    """The request a worker has in progress, as the supervisor's watchdog sees it: when it began,
+    when its last byte came, bytes since a mark. Written by the worker, read by the supervisor; the
+    GIL keeps each field whole, and ``seq`` tells one request from the next."""
+
+    __slots__ = ("client", "seq", "active", "last", "bytes", "mark_t", "mark_b", "reason")
+
+    def __init__(self, client: _http.Client) -> None:
+        self.client = client
+        self.seq = 0
+        self.active = False
+        self.last = self.mark_t = time.monotonic()
+        self.bytes = self.mark_b = 0
+        self.reason: str | None = None
+
+    def start(self) -> None:
+        now = time.monotonic()
+        self.reason = None
+        self.last = self.mark_t = now
+        self.mark_b = self.bytes
+        self.seq += 1
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    def got(self, n: int) -> None:
+        self.bytes += n
+        self.last = time.monotonic()
+
+
+def _fill(resp, view: memoryview, beat: _Beat) -> int:
+    """Fill ``view`` from the body (fewer bytes only at its end), telling ``beat`` of every byte as it
+    arrives, so that a slow body is seen while the buffer fills."""
+    got = 0
+    while got < len(view):
+        n = _http.readinto_some(resp, view[got:])
+        if not n:
+            break
+        got += n
+        beat.got(n)
+    return got
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
 
 
 def _backoff(attempt: int) -> float:

@@ -16,6 +16,9 @@ snapshot's blobs intact (an orphan blob is harmless; the next ``gc`` removes it)
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
+import json
 import logging
 import os
 import time
@@ -35,8 +38,16 @@ log = logging.getLogger(__name__)
 
 #: unreferenced blobs younger than this are left alone by gc: a pull may be about to record them
 ORPHAN_GRACE_S = 600.0
-#: partial downloads untouched for this long are removed by gc
+#: partial downloads that can resume (``<key>.part`` with a sidecar that matches it) are removed by gc
+#: once untouched for this long
 STALE_TMP_S = 7 * 86400.0
+#: partial downloads that can never resume (a stream's, one without a usable sidecar) are removed once
+#: untouched for this long, and never while a download holds their lock (``locks/<key>.lock``)
+DEAD_PART_GRACE_S = 60.0
+#: other files in tmp/ (``import-*``, ``put-*``, ``adopt-*``… of a killed process) once untouched this long
+TMP_GRACE_S = 600.0
+#: the version of the sidecar ``tmp/<key>.part.json`` (``partial.STATE_VERSION``, which cache/ may not import)
+_PART_STATE_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +126,7 @@ class Plan:
             elif a.kind == "blob":
                 candidates.update(dict.fromkeys(a.digests))
             elif a.kind == "tmp":
-                _unlink(inside(cache.layout.tmp, cache.layout.home / a.what, what="partial file"))
+                _remove_tmp(cache, inside(cache.layout.tmp, cache.layout.home / a.what, what="partial file"))
         blobs, freed, kept = _remove_blobs(cache, candidates)  # 3. unreferenced, unleased blobs
         return Result(snaps, blobs, freed, tuple(kept))
 
@@ -270,11 +281,7 @@ def plan_gc(cache: Cache, *, max_size: int | None = None) -> Plan:
         if digest in referenced or now - mtime < ORPHAN_GRACE_S:
             continue
         actions.append(Action("blob", digest[:16], "named by no snapshot", size, None, (digest,)))
-    for entry in _tmp_entries(cache):
-        path, size, mtime = entry
-        if now - mtime > STALE_TMP_S:
-            actions.append(Action("tmp", os.path.relpath(path, cache.layout.home),
-                                  f"partial download untouched for {_ago(now - mtime)}", size))
+    actions.extend(_tmp_actions(cache, now))
     used = base.used_before if base else used_bytes(cache)
     return Plan(cache, tuple(actions), used, max_size, base.skipped if base else ())
 
@@ -321,6 +328,102 @@ def make_room(cache: Cache, need: int, *, protect: Iterable[str] = ()) -> None:
     if plan.actions:
         log.info("evicting to make room for %s: %s", human(need), plan.describe())
         plan.execute()
+
+
+def _tmp_actions(cache: Cache, now: float) -> list[Action]:
+    """What gc removes from tmp/: partial downloads that can resume once untouched for STALE_TMP_S;
+    those that never can (no sidecar, a sidecar that does not match, a stream's file) after
+    DEAD_PART_GRACE_S unless a download holds their lock; any other file after TMP_GRACE_S."""
+    entries = {os.path.basename(p): (p, size, mtime) for p, size, mtime in _tmp_entries(cache)}
+    actions = []
+    for name, (path, size, mtime) in sorted(entries.items()):
+        age = now - mtime
+        key = _part_key(name)
+        if key is None:
+            why, grace = "temporary file of a process that is gone", TMP_GRACE_S
+        elif name.endswith(".json") and f"{key}.part" in entries:
+            continue  # removed with its partial file
+        else:
+            if name.endswith(".json"):  # a sidecar without its partial file
+                why, grace = "resume state of a partial download that is gone", DEAD_PART_GRACE_S
+            elif _resumable(path, entries.get(f"{key}.part.json")):
+                why, grace = "partial download", STALE_TMP_S
+            else:
+                why, grace = "partial download that can never resume", DEAD_PART_GRACE_S
+                side = entries.get(f"{key}.part.json")
+                size += side[1] if side else 0
+            if age > grace and _lock_held(cache, key):
+                continue  # a live download: never touched
+        if age > grace:
+            actions.append(Action("tmp", os.path.relpath(path, cache.layout.home),
+                                  f"{why}, untouched for {_ago(age)}", size))
+    return actions
+
+
+def _part_key(name: str) -> str | None:
+    """``<key>`` of ``<key>.part`` / ``<key>.part.json``; None for any other name."""
+    for suffix in (".part", ".part.json"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _resumable(part: str, sidecar: tuple[str, int, float] | None) -> bool:
+    """A later pull can resume ``part``: its sidecar parses, has this version, and names its size."""
+    if sidecar is None:
+        return False
+    try:
+        with open(sidecar[0], "rb") as fh:
+            state = json.loads(fh.read(1 << 24))
+        size = state["size"]
+        return (isinstance(state, dict) and state.get("version") == _PART_STATE_VERSION and isinstance(size, int)
+                and size > 0 and isinstance(state.get("done"), list) and os.stat(part).st_size == size)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return False
+
+
+def _lock_fd(cache: Cache, key: str) -> int | None:
+    """The download lock of ``key``, taken (an fd to close), or None when a download holds it."""
+    try:
+        fd = os.open(cache.layout.locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return -1  # no lock directory: no download either
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError as exc:  # a filesystem without working locks: the age alone decides
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            os.close(fd)
+            return None
+    return fd
+
+
+def _lock_held(cache: Cache, key: str) -> bool:
+    fd = _lock_fd(cache, key)
+    if fd is None:
+        return True
+    if fd >= 0:
+        os.close(fd)
+    return False
+
+
+def _remove_tmp(cache: Cache, path: os.PathLike) -> int:
+    """Remove a file of tmp/; a partial download only under its lock (with its sidecar), so that a
+    download starting meanwhile is never cut short."""
+    key = _part_key(os.path.basename(path))
+    if key is None:
+        return _unlink(path)
+    fd = _lock_fd(cache, key)
+    if fd is None:
+        return 0
+    try:
+        part = cache.layout.tmp / f"{key}.part"
+        return _unlink(part) + _unlink(part.with_name(part.name + ".json"))
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _tmp_entries(cache: Cache) -> list[tuple[str, int, float]]:

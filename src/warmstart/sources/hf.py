@@ -16,7 +16,6 @@ where huggingface_hub keeps it (``HF_TOKEN``, then ``$HF_HOME/token``; see ``con
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 import re
 import time
@@ -111,28 +110,34 @@ class HubSource(Source):
         )
 
     def model_info(self, ref: Ref) -> dict:
-        """The Hub's JSON for ``ref`` at its revision, with file metadata."""
+        """The Hub's JSON for ``ref`` at its revision, with file metadata. The answer is read with a
+        bound (``WARMSTART_METADATA_LIMIT``, 64 MiB) and must keep coming (``WARMSTART_STALL_TIMEOUT``);
+        anything else than a JSON object within it is a one-line TransferError."""
         revision = ref.revision or self.default_revision
         url = (f"{self.settings.endpoint}/api/models/{ref.repo_id}/revision/"
                f"{urllib.parse.quote(revision, safe='')}?blobs=true")
-        client = _http.Client(timeout=30)
+        client = _http.Client(timeout=self.settings.stall_timeout, connect_timeout=self.settings.connect_timeout)
+        hint = "check HF_ENDPOINT"
         try:
             for attempt in range(RETRIES + 1):
                 try:
                     _, resp = client.follow("GET", url, self._headers())
-                    body = resp.read()
+                    body = _http.read_bounded(
+                        resp, self.settings.metadata_limit, what=f"the origin's listing of {ref}",
+                        hint=f"{hint} (or raise WARMSTART_METADATA_LIMIT)",
+                        stall_s=self.settings.stall_timeout, min_rate=self.settings.min_rate)
+                except TransferError:
+                    raise  # refused redirect, too large or too slow: retrying would not help
                 except (OSError, http.client.HTTPException) as exc:
                     if attempt == RETRIES:
                         raise OriginUnreachable(
-                            f"{self.settings.endpoint} is unreachable ({type(exc).__name__}: {exc})") from None
+                            f"{self.settings.endpoint} is unreachable ({type(exc).__name__}: "
+                            f"{_http.printable(str(exc))})") from None
                     client.drop()
                     time.sleep(0.2 * 2**attempt)
                     continue
                 if resp.status == 200:
-                    try:
-                        data = json.loads(body)
-                    except ValueError:
-                        raise TransferError(f"{ref}: the Hub answered with invalid JSON; check HF_ENDPOINT") from None
+                    data = _http.load_json(body, what=f"{ref}: the Hub's answer", hint=hint)
                     if not isinstance(data, dict):
                         raise TransferError(f"{ref}: unexpected answer from the Hub; check HF_ENDPOINT")
                     return data

@@ -63,6 +63,8 @@ class HttpSource(Source):
                 headers = _http.headers_of(resp)
         except _http.HTTPStatusError as exc:
             raise TransferError(f"{ref}: {exc}") from None
+        except TransferError:
+            raise  # a refused redirect: the origin answered, it is not unreachable
         except (OSError, ConnectionError) as exc:
             raise OriginUnreachable(f"{_http.redact(url)} is unreachable ({type(exc).__name__})") from None
         finally:
@@ -116,5 +118,4 @@ def _size(status: int, headers: dict[str, str]) -> int | None:
     if status == 206:
         cr = _http.parse_content_range(headers.get("content-range"))
         return cr[2] if cr else None
-    length = headers.get("content-length")
-    return int(length) if length and length.isdigit() else None
+    return _http.content_length(headers.get("content-length"))  # None when absent or not a plain number

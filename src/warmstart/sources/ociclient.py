@@ -160,6 +160,7 @@ class Registry:
         self.actions = "pull,push" if push else "pull"
         self.auth: dict[str, str] = {}
         self.client = _http.Client(timeout=60.0)
+        self.metadata_limit = settings.metadata_limit  # manifests, indexes, token answers, error bodies
 
     def close(self) -> None:
         self.client.close()
@@ -177,6 +178,8 @@ class Registry:
             hdrs = {**(self.auth if own else {}), **(headers or {})}
             try:
                 status, rh, data = self._send(method, url, hdrs, body, length)
+            except TransferError:
+                raise  # an answer too large or too slow: not an unreachable registry
             except (OSError, http.client.HTTPException) as exc:
                 raise OriginUnreachable(f"registry {self.host} is unreachable ({type(exc).__name__}); check "
                                         "the name, or WARMSTART_INSECURE_REGISTRIES for a plain-HTTP one") from None
@@ -192,7 +195,11 @@ class Registry:
     def _send(self, method, url, hdrs, body, length):
         if body is None:
             resp = self.client.request(method, url, hdrs)
-            data = resp.read()
+            try:
+                data = self._read(resp)
+            except TransferError:
+                self.client.drop(url)
+                raise
             return resp.status, _http.headers_of(resp), data
         p = urllib.parse.urlsplit(url)
         conn, absolute = _http.connect(p.scheme, p.netloc, 120)
@@ -204,13 +211,17 @@ class Registry:
                 path, headers = f"{p.scheme}://{p.netloc}{path}", {**headers, **absolute}
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
-            return resp.status, _http.headers_of(resp), resp.read()
+            return resp.status, _http.headers_of(resp), self._read(resp)
         finally:
             conn.close()
 
     def _basic(self) -> dict[str, str]:
         assert self.credentials is not None
         return {"Authorization": "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()}
+
+    def _read(self, resp: http.client.HTTPResponse) -> bytes:
+        return _http.read_bounded(resp, self.metadata_limit, what=f"the answer of registry {self.host}",
+                                  hint="check the registry (or raise WARMSTART_METADATA_LIMIT)")
 
     def _authenticate(self, challenge: str) -> None:
         scheme, params = parse_challenge(challenge)
@@ -249,7 +260,10 @@ class Registry:
         client = _http.Client(timeout=60.0)  # its own connection: the realm may be another host
         try:
             resp = client.request("GET", url, hdrs)
-            data = resp.read(MAX_TOKEN_ANSWER + 1)
+            data = _http.read_bounded(resp, MAX_TOKEN_ANSWER, what=f"the token service of {self.host}'s answer",
+                                      hint="check the registry")
+        except TransferError:
+            raise
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise OriginUnreachable(f"token service of {self.host} is unreachable ({type(exc).__name__})") from None
         finally:
@@ -260,11 +274,8 @@ class Registry:
             raise GatedRepoError(f"{ref}: the token service refused the request (HTTP {resp.status}); {hint}")
         if resp.status != 200:
             raise TransferError(f"token service of {self.host} answered HTTP {resp.status}")
-        try:
-            body = json.loads(data) if len(data) <= MAX_TOKEN_ANSWER else None
-            token = body.get("token") or body.get("access_token")  # type: ignore[union-attr]
-        except (ValueError, AttributeError, RecursionError):
-            token = None
+        body = _http.load_json(data, what=f"the token service of {self.host}'s answer", hint="check the registry")
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
         if not isinstance(token, str) or not token or not _TOKEN.fullmatch(token):
             raise TransferError(f"token service of {self.host} returned no usable token")
         self.auth = {"Authorization": f"Bearer {token}"}
@@ -296,4 +307,11 @@ class Registry:
             raise TransferError(f"oci://{self.host}/{self.repo}: the registry kept throttling (HTTP {status}) "
                                 "after 5 tries; try again later")
         self.check(status, f"manifest {reference!r}", data)
+        try:  # the caller parses it; a manifest nested too deeply for the parser is refused here
+            json.loads(data)
+        except RecursionError:
+            raise TransferError(f"oci://{self.host}/{self.repo}: the manifest {reference!r} is nested too deeply "
+                                "to be a manifest; check the registry") from None
+        except ValueError:
+            pass  # not JSON: the caller says so
         return data, headers

@@ -37,6 +37,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 
 from .. import _http
+from ..errors import TransferError
 
 #: the settings of an AWS config-file profile that this client implements (or that do not concern S3)
 _HARMLESS_PROFILE_KEYS = {"region", "output", "cli_pager", "cli_timestamp_format", "cli_binary_format",
@@ -251,7 +252,10 @@ class Api:
             if exc.status == 404 or (version and exc.status == 400):  # 400: a malformed version id
                 return None
             raise
-        return {"Key": key, "Size": int(headers.get("content-length", 0)), "ETag": headers.get("etag"),
+        size = _http.content_length(headers.get("content-length"))
+        if size is None:
+            raise S3Error(200, "InvalidHead", f"the answer for s3://{bucket}/{key} has no valid Content-Length")
+        return {"Key": key, "Size": size, "ETag": headers.get("etag"),
                 "VersionId": headers.get("x-amz-version-id")}
 
     def _call(self, method: str, bucket: str, key: str, query: dict[str, str]):
@@ -264,7 +268,12 @@ class Api:
                 _http.trust_ca_bundle(url, self.config.ca_bundle)
             try:
                 resp = self._client.request(method, url)
-                body = resp.read()  # b"" for HEAD
+                body = _http.read_bounded(  # b"" for HEAD
+                    resp, what=f"the S3 endpoint's answer for s3://{bucket}/{key}",
+                    hint="check AWS_ENDPOINT_URL")
+            except TransferError:  # too large or too slow: not a fault a retry mends
+                self._client.drop(url)
+                raise
             except ssl.SSLError as exc:  # a certificate is not a transient fault: no retry
                 self._client.drop(url)
                 raise S3Error(-1, "TLSError", str(exc)) from None
