@@ -298,8 +298,8 @@ def render(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {cells(row, 'warm')} | {cells(row, 'cold')} |")
     for name, t in r["limits_s"].items():
         cold = "cold" in name  # the file's cold read is a limit for the cold columns, the rest for the warm ones
-        cell = f"{t:.3f} | {gb / t:.2f} | "
-        lines.append(f"| limit: {name} | {'| | ' + cell if cold else cell + '| | '}|")
+        cells = ["", "", "", f"{t:.3f}", f"{gb / t:.2f}", ""] if cold else [f"{t:.3f}", f"{gb / t:.2f}", "", "", "", ""]
+        lines.append(f"| limit: {name} | " + " | ".join(cells) + " |")
     for name, err in r["errors"].items():
         lines.append(f"| {name} | not run: {err} | | | | | |")
     if "populate" in r:
