@@ -5,7 +5,9 @@
 
 The server must not share a process (and a GIL) with the client it serves, or the numbers measure
 the GIL. This process builds (or reuses) the synthetic model under ``--data-dir``, starts the Hub and
-prints one JSON line on stdout: ``{"endpoint", "cdn_endpoint", "repos": {repo_id: {"files", "bytes"}}}``.
+prints one JSON line on stdout: ``{"endpoint", "cdn_endpoint", "repos": {repo_id: {"files", "bytes",
+"sha256"}}}``, where ``sha256`` maps every file of the repo to the sha256 of the bytes the origin
+serves (computed here from the source, LFS or not), so a client's output can be checked after a run.
 It then reads JSON commands, one a line, on stdin and answers each with one JSON line:
 
 * ``{"cmd": "reset"}``: zero the counters and start a new sample series;
@@ -19,6 +21,7 @@ It stops at EOF on stdin (so it dies with its parent).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -31,7 +34,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from tests.data.synth import make_llama_repo, parse_size  # noqa: E402
 from tests.servers import shaping  # noqa: E402
-from tests.servers.hub import HubRepo, HubServer  # noqa: E402
+from tests.servers.hub import HubFile, HubRepo, HubServer, file_sha256  # noqa: E402
 from tests.servers.shaping import Link  # noqa: E402
 
 LLAMA_ID = "test-org/llama"
@@ -85,6 +88,14 @@ def model_dir(data_dir: Path, size: int, shards: int) -> dict[str, Path]:
     return files
 
 
+def origin_sha256(f: HubFile) -> str:
+    """sha256 of the bytes the origin serves for ``f`` (its LFS oid is used only as a cross-check)."""
+    digest = file_sha256(f.source) if isinstance(f.source, Path) else hashlib.sha256(f.source).hexdigest()
+    if f.sha256 is not None and f.sha256 != digest:
+        raise RuntimeError(f"{f.path}: LFS oid {f.sha256} but the source hashes to {digest}")
+    return digest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default="/tmp/warmstart-bench")
@@ -123,7 +134,8 @@ def main() -> None:
         "endpoint": hub.endpoint,
         "cdn_endpoint": hub.cdn_endpoint,
         "link": repr(link),
-        "repos": {r.repo_id: {"files": sorted(r.tree()), "bytes": sum(f.size for f in r.tree().values())}
+        "repos": {r.repo_id: {"files": sorted(r.tree()), "bytes": sum(f.size for f in r.tree().values()),
+                              "sha256": {n: origin_sha256(f) for n, f in sorted(r.tree().items())}}
                   for r in repos},
     }
     print(json.dumps(info), flush=True)

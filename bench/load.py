@@ -5,7 +5,8 @@
 
 A load counts as finished when every byte is resident: after each contender returns, the same
 page touch (one byte per 4 KiB page, through numpy, over each tensor's memory) runs for everyone.
-Cold runs evict the files first with ``posix_fadvise(DONTNEED)``. Medians over ``--reps``;
+Cold runs evict the files first with ``posix_fadvise(DONTNEED)``. Repetitions are interleaved (rep 1
+of every contender, warm then cold, then rep 2 ...); every time is kept in the JSON. Medians over ``--reps``;
 ratios are ``peer time / warmstart time`` (>1 means warmstart is faster). Markdown to stdout,
 JSON to ``bench/results/load-<timestamp>.json``.
 """
@@ -199,11 +200,11 @@ def time_one(fn: Callable[[], dict[str, Any]], files: list[Path], cold: bool) ->
 def populate_methods(paths: list[Path], reps: int) -> dict[str, dict[str, float]]:
     import mmap
 
-    out: dict[str, dict[str, float]] = {}
-    for method in ("madvise", "touch", "willneed", "willneed+madvise"):
+    methods = ("madvise", "touch", "willneed", "willneed+madvise")
+    ts: dict[tuple[str, bool], list[float]] = {(m, c): [] for m in methods for c in (False, True)}
+    for _ in range(reps):  # interleaved, as the contenders
         for cold in (False, True):
-            ts = []
-            for _ in range(reps):
+            for method in methods:
                 evict(paths) if cold else warm(paths)
                 t = time.perf_counter()
                 for p in paths:
@@ -212,8 +213,10 @@ def populate_methods(paths: list[Path], reps: int) -> dict[str, dict[str, float]
                     view = np.frombuffer(mm, np.uint8)
                     populate_mapping(view, method)
                     del view, mm  # unmapped, so the next cold run can evict the pages
-                ts.append(time.perf_counter() - t)
-            out.setdefault(method, {})["cold" if cold else "warm"] = statistics.median(ts)
+                ts[(method, cold)].append(time.perf_counter() - t)
+    out: dict[str, dict[str, float]] = {}
+    for (method, cold), v in ts.items():
+        out.setdefault(method, {})["cold" if cold else "warm"] = statistics.median(v)
     return out
 
 
@@ -239,25 +242,35 @@ def main() -> None:
     files_for = {"torch.load": [pt], "torch.load mmap": [pt]}
     results: dict[str, Any] = {"size": size, "device": device, "reps": args.reps, "machine": platform.platform(),
                                "cpus": os.cpu_count(), "rows": {}, "errors": {}}
-    limits = {"memcpy (np.copyto)": size / memcpy_bw(), "sequential read (cold, 16 MiB preads)":
-              statistics.median(seq_read(paths) for _ in range(args.reps))}
+    limits = {"memcpy (np.copyto)": size / memcpy_bw()}
     if args.gpu:
         limits["pinned H2D copy"] = size / h2d_bw()
     results["limits_s"] = limits
     cands = contenders(paths, pt, device)
     if args.only:
         cands = {k: v for k, v in cands.items() if k in args.only.split(",") or k == "warmstart"}
-    for name, fn in cands.items():
-        row: dict[str, float] = {}
-        try:
-            for mode in ("warm", "cold"):
-                row[mode] = statistics.median(time_one(fn, files_for.get(name, paths), mode == "cold")
-                                              for _ in range(args.reps))
-        except Exception as e:  # a peer that does not install or run here: record why
-            results["errors"][name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-        if row:
-            results["rows"][name] = row
-        print(f"# {name}: {row or results['errors'].get(name)}", file=sys.stderr, flush=True)
+    # interleaved: rep 1 of every contender (warm, then cold), then rep 2 ..., so drift in the machine's
+    # load hits every contender alike; a contender that fails once is dropped and reported
+    times: dict[str, dict[str, list[float]]] = {name: {"warm": [], "cold": []} for name in cands}
+    seq: list[float] = []
+    for rep in range(args.reps):
+        seq.append(seq_read(paths))  # the cold limit, measured in the same rotation
+        for mode in ("warm", "cold"):
+            for name, fn in cands.items():
+                if name in results["errors"]:
+                    continue
+                try:
+                    times[name][mode].append(time_one(fn, files_for.get(name, paths), mode == "cold"))
+                except Exception as e:  # a peer that does not install or run here: record why
+                    results["errors"][name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                print(f"# rep {rep + 1} {mode} {name}: "
+                      f"{times[name][mode][-1] if name not in results['errors'] else results['errors'][name]}",
+                      file=sys.stderr, flush=True)
+    limits["sequential read (cold, 16 MiB preads)"] = statistics.median(seq)
+    results["times"] = {name: t for name, t in times.items() if name not in results["errors"]}
+    results["rows"] = {name: {mode: statistics.median(ts) for mode, ts in t.items()}
+                       for name, t in results["times"].items()}
+    results["limit_times"] = {"sequential read (cold, 16 MiB preads)": seq}
     if device == "cpu":
         results["populate"] = populate_methods(paths, args.reps)
     print(render(results))
@@ -284,7 +297,9 @@ def render(r: dict[str, Any]) -> str:
     for name, row in r["rows"].items():
         lines.append(f"| {name} | {cells(row, 'warm')} | {cells(row, 'cold')} |")
     for name, t in r["limits_s"].items():
-        lines.append(f"| limit: {name} | {t:.3f} | {gb / t:.2f} | | | | |")
+        cold = "cold" in name  # the file's cold read is a limit for the cold columns, the rest for the warm ones
+        cells = ["", "", "", f"{t:.3f}", f"{gb / t:.2f}", ""] if cold else [f"{t:.3f}", f"{gb / t:.2f}", "", "", "", ""]
+        lines.append(f"| limit: {name} | " + " | ".join(cells) + " |")
     for name, err in r["errors"].items():
         lines.append(f"| {name} | not run: {err} | | | | | |")
     if "populate" in r:

@@ -15,6 +15,8 @@ process per run):
 * OCI (a ModelPack artifact with one raw layer): ``warmstart pull oci://…`` vs ``curl`` (one sequential
   GET of the blob) vs ``aria2c -x16 -s16`` on the blob URL (when installed).
 
+After every run, outside its timing, the contender's output is hashed and compared with the sha256 of
+the origin's bytes; a contender with wrong bytes is reported as an error, and none of its runs counts.
 Contenders are interleaved per repetition (A B C A B C …); medians over ``--runs``; ratios are
 ``peer time / warmstart time`` (> 1: warmstart is faster). Limits: the link (``bytes / total``), and
 the origin as measured in the same run without shaping: one GET, and 16 parallel ranged GETs (curl),
@@ -25,6 +27,7 @@ Markdown to stdout, JSON to ``bench/results/sources-<timestamp>.json``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -111,9 +114,21 @@ def run_child(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
             "maxrss_mb": ru.ru_maxrss / 1024}
 
 
+#: sha256 of the bytes the origin holds (the data file uploaded to moto and pushed to the registry)
+EXPECTED: dict[str, str] = {}
+
+
 def check_file(path: Path, size: int) -> None:
+    """After a run (outside its timing): the contender's output must be the origin's bytes, by sha256.
+    A mismatch raises, so the contender is reported as an error and none of its runs is counted."""
     if not path.is_file() or path.stat().st_size != size:
         raise RuntimeError(f"{path}: missing or not {size} bytes")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            h.update(chunk)
+    if h.hexdigest() != EXPECTED["sha256"]:
+        raise RuntimeError(f"{path}: wrong bytes (sha256 {h.hexdigest()[:16]}…, origin {EXPECTED['sha256'][:16]}…)")
 
 
 def write_data(path: Path, size: int) -> None:
@@ -187,7 +202,7 @@ def race(contenders: dict[str, Any], proxy: ProxyProcess, runs: int, size: int, 
                           "proxy_cpu_s": statistics.median(r["proxy"]["cpu_s"] for r in runs),
                           "origin_cpu_s": statistics.median(r.get("origin_cpu_s", float("nan")) for r in runs),
                           "requests": statistics.median(sum(r["proxy"].get("requests", {}).values()) for r in runs)}
-                   for name, runs in res["runs"].items()}
+                   for name, runs in res["runs"].items() if name not in res["errors"]}  # a failed peer: no row
     return res
 
 
@@ -370,6 +385,8 @@ def main() -> None:
         tmp = Path(t)
         data = tmp / "data.bin"
         write_data(data, size)
+        with open(data, "rb") as fh:
+            EXPECTED["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
         only = args.only.split(",")
         if "s3" in only:
             results["s3"] = bench_s3(args, tmp, data, size, link)
