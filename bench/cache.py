@@ -116,6 +116,7 @@ def bench_shared(root: Path, blob_mb: int, blobs: int, runs: int) -> dict:
     Diagnostic, not a pull: ``shared_fetch_many`` (the internal copy) in-process, with and without fsync,
     to show what the fsync costs; a whole pull has no switch for it."""
     from bench.download import LLAMA_ID, WARMSTART, Origin, base_env, run_child, verify_output
+
     from warmstart.load import weight_files
 
     shared = root / "shared"

@@ -105,8 +105,8 @@ def one_round(mode: str, path: Path, procs: int, env: dict[str, str]) -> dict[st
 
 def make_files(work: Path, size: int) -> tuple[Path, Path]:
     import torch
-
     from tests.data.synth import make_llama
+
     from warmstart.load import load_paths
 
     st = next(iter(sorted(work.glob("*.safetensors"))), None)
@@ -182,7 +182,7 @@ def render(r: dict[str, Any]) -> str:
     n = r["procs"]
     lines = [f"{n} processes holding the same model ({r['machine']['platform']}), median of {r['reps']}; "
              "totals over the loaders, each minus an idle process", "",
-             f"| contender | file GB | total PSS (x file) | PSS anon | PSS file | total RSS (x file) "
+             "| contender | file GB | total PSS (x file) | PSS anon | PSS file | total RSS (x file) "
              "| PSS per process GB | RSS per process GB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c, row in r["rows"].items():
         lines.append(f"| {c} | {r['file_bytes'][c] / 1e9:.2f} | {row['total_Pss_x']:.2f} | {row['total_Pss_Anon_x']:.2f} "

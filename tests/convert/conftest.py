@@ -8,7 +8,6 @@ import pytest
 
 from tests.data.synth import make_llama
 
-
 #: the compile-cache key of these tests: entries in Redis or a store directory are loaded only when tagged
 TEST_COMPILE_CACHE_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 

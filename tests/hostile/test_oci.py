@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tarfile
 import threading
-from functools import lru_cache
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -180,7 +180,7 @@ def special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
     return info
 
 
-@lru_cache(maxsize=None)
+@cache
 def bomb(mib: int = 64) -> bytes:
     """A tar+gzip layer of some KB whose one entry unpacks to ``mib`` MiB of zeros."""
     return tar_of([("weights.bin", bytes(mib << 20))], gz=True)

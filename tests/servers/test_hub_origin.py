@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,7 +21,6 @@ from huggingface_hub.errors import (
 from tests.data.minilm import REPO_ID as MINILM
 from tests.data.minilm import minilm_files
 from tests.data.synth import make_llama
-from tests.servers.shaping import Link
 
 TINY = "test-org/tiny-llama"
 
