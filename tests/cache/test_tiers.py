@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +30,7 @@ def two_homes(tmp_path, settings):
                                                                                    shared_dir=shared)
 
 
-def test_two_nodes_share_one_directory_origin_counted_once(hub, two_homes):
+def test_two_nodes_share_one_directory_origin_counted_once(hub, two_homes, tiny_llama_files):
     from tests.servers.shaping import Link
 
     shared, a, b = two_homes
@@ -40,6 +42,9 @@ def test_two_nodes_share_one_directory_origin_counted_once(hub, two_homes):
     second = pull(ref, settings=b)
     assert _origin_bytes(hub) == served  # node B read every byte from the shared tier
     assert [f.digest for f in first.files] == [f.digest for f in second.files]
+    # the bytes node B read from the shared tier are the origin's files, compared independently
+    assert {f.path: hashlib.sha256((second.path / f.path).read_bytes()).hexdigest() for f in second.files} == {
+        path: hashlib.sha256(Path(src).read_bytes()).hexdigest() for path, src in tiny_llama_files.items()}
     assert warmstart.cache(settings=b).verify().ok
 
 

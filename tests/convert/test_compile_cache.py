@@ -120,8 +120,15 @@ def test_bad_url_is_a_config_error(home: Path) -> None:
 
 def test_redis_backend_round_trip(home: Path, fake_torch: dict, redis_url: str, monkeypatch) -> None:
     monkeypatch.setenv("WARMSTART_COMPILE_CACHE", redis_url)
+    fake_torch["saved"] = b"REDIS-ARTIFACTS-" + os.urandom(8)
     assert warmstart.compile_cache("shared").save()
+    import redis
+
+    stored = [redis.Redis.from_url(redis_url).get(k) for k in redis.Redis.from_url(redis_url).keys("*")]
+    assert any(v and v.endswith(fake_torch["saved"]) for v in stored)  # the artifact bytes are in Redis
     assert warmstart.compile_cache("shared").load()
+    assert fake_torch["loaded"] == [fake_torch["saved"]]  # exactly those bytes came back to torch
+    assert not warmstart.compile_cache("another").load() and fake_torch["loaded"] == [fake_torch["saved"]]
     assert not (home / "compile").exists()
 
 

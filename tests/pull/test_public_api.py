@@ -88,7 +88,7 @@ def test_load_into_fills_a_meta_module(ws_home, hub, reference):
     assert torch.equal(m.pooler.dense.bias, reference["pooler.dense.bias"])
     with torch.device("meta"):
         m2 = _Head()
-    with pytest.raises(Exception, match="[Uu]nexpected"):
+    with pytest.raises(RuntimeError, match="[Uu]nexpected"):
         warmstart.load_into(m2, f"hf://{REPO_ID}", strict=True)
 
 
