@@ -104,9 +104,12 @@ def test_load_into_shape_and_dtype_mismatch(tmp_path: Path) -> None:
     save_file({"weight": torch.zeros(3, 4), "bias": torch.zeros(3)}, str(tmp_path / "a.safetensors"))
     with pytest.raises(RuntimeError, match="size mismatch for weight"):
         load_into_module(torch.nn.Linear(4, 2), tmp_path)
+    w = torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
+    save_file({"weight": w, "bias": torch.full((3,), 0.5)}, str(tmp_path / "a.safetensors"))
     model = torch.nn.Linear(4, 3, dtype=torch.bfloat16)
     load_into_module(model, tmp_path)  # float -> float casts like load_state_dict
     assert model.weight.dtype == torch.bfloat16
+    assert torch.equal(model.weight, w.to(torch.bfloat16)) and torch.equal(model.bias, torch.full((3,), 0.5).bfloat16())
     save_file({"weight": torch.zeros(3, 4, dtype=torch.int32), "bias": torch.zeros(3)}, str(tmp_path / "a.safetensors"))
     with pytest.raises(RuntimeError, match="dtype mismatch for weight"):
         load_into_module(torch.nn.Linear(4, 3), tmp_path)
