@@ -17,6 +17,11 @@ Example::
         snapshot_download("test-org/tiny", endpoint=hub.endpoint, cache_dir=...)
         sha = hub.push("test-org/tiny", {"config.json": b'{"v": 2}'})
 
+Reduced modes, as mirrors and proxies behave (attributes you may change while it runs):
+``names_only`` (the listing ignores ``?blobs=true`` and the tree endpoint answers 404: file names
+only, no sizes, no sha256, no git oids), ``head`` (False: HEAD answers 405, on both hosts),
+``cdn_ranges`` (False: the CDN ignores ``Range`` and always answers 200 with the whole file).
+
 Auth: a private repo answers 401 ``RepoNotFound`` without a valid ``Authorization: Bearer <token>``;
 a gated repo answers 403 ``GatedRepo``; an unknown token answers 401 "Invalid credentials in
 Authorization header" as the Hub does. Shaping, faults and counters come from :mod:`.shaping` and
@@ -206,7 +211,14 @@ class HubHandler(OriginHandler):
     server: _HubHTTPServer
 
     def do_HEAD(self) -> None:
+        if not self.server.hub.head:
+            self._refuse_head()
+            return
         self.do_GET()
+
+    def _refuse_head(self) -> None:
+        if self.begin():
+            self.send_json(405, {"error": "Method Not Allowed"}, {"Allow": "GET"})
 
     def do_GET(self) -> None:
         if not self.begin():
@@ -268,8 +280,9 @@ class HubHandler(OriginHandler):
             rev = unquote("/".join(tail[1:])) if tail else "main"
             sha = self._commit(repo, rev)
             if sha is not None:
-                self.send_json(200, self.server.hub.model_info_json(repo, sha, _flag(query, "blobs")))
-        elif tail[0] == "tree" and len(tail) >= 2:
+                blobs = _flag(query, "blobs") and not self.server.hub.names_only
+                self.send_json(200, self.server.hub.model_info_json(repo, sha, blobs))
+        elif tail[0] == "tree" and len(tail) >= 2 and not self.server.hub.names_only:
             sha = self._commit(repo, unquote(tail[1]))
             if sha is not None:
                 self._tree(repo, sha, unquote("/".join(tail[2:])).strip("/"), query)
@@ -340,6 +353,10 @@ class CdnHandler(OriginHandler):
     server: _HubHTTPServer
 
     def do_HEAD(self) -> None:
+        if not self.server.hub.head:
+            if self.begin():
+                self.send_json(405, {"error": "Method Not Allowed"}, {"Allow": "GET"})
+            return
         self.do_GET()
 
     def do_GET(self) -> None:
@@ -350,7 +367,8 @@ class CdnHandler(OriginHandler):
         if f is None:
             self.send_json(404, {"error": "NoSuchKey"})
             return
-        self.send_resource(f.source, f.size, {"ETag": f'"{f.sha256}"', "Content-Type": "application/octet-stream"})
+        self.send_resource(f.source, f.size, {"ETag": f'"{f.sha256}"', "Content-Type": "application/octet-stream"},
+                           ranges=self.server.hub.cdn_ranges)
 
 
 def _flag(query: dict[str, list[str]], name: str) -> bool:
@@ -387,8 +405,12 @@ class HubServer:
         cdn_host: str = "127.0.0.2",
         tokens: Iterable[str] = ("hf_test_token",),
         tree_page_size: int = 1000,
+        names_only: bool = False,
+        head: bool = True,
+        cdn_ranges: bool = True,
     ) -> None:
         self.repos: dict[str, HubRepo] = {}
+        self.names_only, self.head, self.cdn_ranges = names_only, head, cdn_ranges
         self.tokens = set(tokens)
         self.tree_page_size = tree_page_size
         self.faults = Faults()
@@ -435,10 +457,11 @@ class HubServer:
         self._api.link = self._cdn.link = link
 
     def reset(self) -> None:
-        """Between tests: zero the counters, drop pending faults, unshape the link."""
+        """Between tests: zero the counters, drop pending faults, unshape the link, full API again."""
         self.counters.reset()
         self.faults.clear()
         self.link = None
+        self.names_only, self.head, self.cdn_ranges = False, True, True
 
     def add_repo(self, repo: HubRepo) -> HubRepo:
         self.repos[repo.repo_id] = repo

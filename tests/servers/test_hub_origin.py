@@ -243,3 +243,34 @@ def test_synth_is_deterministic_and_valid(tmp_path):
     for k in ta:
         assert (ta[k] == tb[k]).all() and (ta[k] != 0).all(), k
     assert [p.name for p in b][-1] == "model.safetensors.index.json"
+
+
+# ---------------------------------------------------------------------------------- reduced modes
+
+
+def test_names_only_mode_lists_names_without_metadata(hub):
+    hub.names_only = True
+    status, _, body = fetch(f"{hub.endpoint}/api/models/{TINY}/revision/main?blobs=true")
+    import json
+
+    siblings = json.loads(body)["siblings"]
+    assert status == 200 and siblings and all(set(s) == {"rfilename"} for s in siblings)
+    assert fetch(f"{hub.endpoint}/api/models/{TINY}/tree/main")[0] == 404
+    # the files themselves are still served
+    assert fetch(hub.url(TINY, "config.json"))[0] == 200
+
+
+def test_no_head_mode_and_cdn_ignoring_range(hub):
+    hub.head = False
+    assert fetch(hub.url(TINY, "config.json"), "HEAD")[0] == 405
+    status, h, _ = fetch(hub.url(MINILM, "model.safetensors"))
+    assert status == 302
+    assert fetch(h["Location"], "HEAD")[0] == 405
+    hub.head = True
+    hub.cdn_ranges = False
+    status, h2, body = fetch(h["Location"], headers={"Range": "bytes=0-9"})
+    data = minilm_files()["model.safetensors"].read_bytes()
+    assert status == 200 and body == data and "Accept-Ranges" not in h2
+    hub.reset()
+    status, _, body = fetch(h["Location"], headers={"Range": "bytes=0-9"})
+    assert status == 206 and body == data[:10]
