@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from . import fetch, refs
+from . import pipeline, refs
 from .cache.manager import Cache
 from .config import Settings
 from .errors import ConfigError, NotFoundError
@@ -70,10 +70,10 @@ def pull(
     settings = settings or Settings.from_env()
     r = refs.parse(ref, revision=revision)
     progress = _auto_progress(settings, quiet)
-    opts = fetch.PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress,
+    opts = pipeline.PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress,
                              in_place)
     try:
-        snap = fetch.pull(r, settings, opts)
+        snap = pipeline.pull(r, settings, opts)
     finally:
         if progress is not None:
             progress.close()

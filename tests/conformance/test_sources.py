@@ -11,7 +11,7 @@ import pytest
 import warmstart
 from warmstart.config import Settings
 from warmstart.errors import GatedRepoError, IntegrityError, NotFoundError, UnsafePathError
-from warmstart.fetch import PullOptions, pull
+from warmstart.pipeline import PullOptions, pull
 from warmstart.refs import parse
 from warmstart.sources.registry import source_for
 

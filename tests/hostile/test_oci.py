@@ -27,8 +27,9 @@ from pathlib import Path
 import pytest
 
 import warmstart
+from warmstart import ingest
 from warmstart.errors import CacheFullError, IntegrityError, TransferError, UnsafePathError
-from warmstart.sources import oci
+from warmstart.sources import ocitar
 from warmstart.sources.ociclient import credentials_refused
 
 RAW = "application/vnd.cncf.model.weight.v1.raw"
@@ -255,7 +256,7 @@ def test_gzip_bomb_is_refused_before_anything_is_written(home, evil, monkeypatch
 def test_gzip_bomb_without_a_budget_is_counted_against_the_disk(home, evil, monkeypatch):
     """No budget: the declared sizes are compared with the free disk (a huge declared size fails at
     once, before inflating it)."""
-    monkeypatch.setattr(oci, "_room", lambda cache: 16 << 20)  # as if the disk had 16 MiB free
+    monkeypatch.setattr(ingest, "room", lambda cache: 16 << 20)  # as if the disk had 16 MiB free
     ref = evil.push("evil/bomb", "v2", tars=[(bomb(), TGZ)])
     with pytest.raises(CacheFullError):
         warmstart.pull(ref)
@@ -275,7 +276,7 @@ def test_many_small_entries_add_up(home, evil, monkeypatch):
 def test_unpacking_is_capped_even_when_the_count_is_wrong(home, evil, monkeypatch):
     """If the first pass counted too little (a reader disagreement), extraction stops at the count:
     never more than that many bytes are written, and what was written is removed."""
-    monkeypatch.setattr(oci, "scan_tar", lambda *a: 1 << 20)  # the count says 1 MiB
+    monkeypatch.setattr(ocitar, "scan_tar", lambda *a: 1 << 20)  # the count says 1 MiB
     written = [0]
     real_open = open
 
@@ -297,7 +298,7 @@ def test_unpacking_is_capped_even_when_the_count_is_wrong(home, evil, monkeypatc
         fh = real_open(path, mode, *a, **kw)
         return Spy(fh) if "w" in mode else fh
 
-    monkeypatch.setattr(oci, "open", spy_open, raising=False)
+    monkeypatch.setattr(ingest, "open", spy_open, raising=False)
     ref = evil.push("evil/lying", "v1", tars=[(tar_of([("w.bin", bytes(4 << 20))], gz=True), TGZ)])
     with pytest.raises(CacheFullError, match="more bytes than the layer declares"):
         warmstart.pull(ref)

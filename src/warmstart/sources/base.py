@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import BinaryIO, ClassVar
 
 from .._redact import redact_url
 from ..cache.paths import unsafe_reason
@@ -79,6 +80,43 @@ class Listing:
                                       "of another file; refusing to write anything")
 
 
+#: where an unpack hook puts each file it finds: ``sink(path, declared size, reader)`` reads ``reader`` to
+#: its end into a temporary file the pipeline hashes, caps and later publishes; returns the bytes read
+Sink = Callable[[str, int, BinaryIO], int]
+
+
+class Unpacker(abc.ABC):
+    """A source's hook that turns fetched, verified blobs into files, for one pull (it may keep state
+    across the listing's blobs, e.g. the names already taken). The pipeline does everything else:
+    fetch, verify, budget, caps, hashing, publishing, recording. See docs/sources.md.
+
+    >>> class Zip(Unpacker):                                  # doctest: +SKIP
+    ...     def unpacks(self, file): return file.path.endswith(".zip")
+    ...     def measure(self, file, blob, limit): return sum(i.file_size for i in ZipFile(blob).infolist())
+    ...     def unpack(self, file, blob, sink):
+    ...         with ZipFile(blob) as z:
+    ...             for i in z.infolist():
+    ...                 with z.open(i) as r: sink(i.filename, i.file_size, r)
+    """
+
+    @abc.abstractmethod
+    def unpacks(self, file: RemoteFile) -> bool:
+        """Whether ``file``'s blob holds files to unpack (else the blob is the file)."""
+
+    def label(self, file: RemoteFile) -> str:
+        """How messages name ``file``'s blob."""
+        return file.path
+
+    @abc.abstractmethod
+    def measure(self, file: RemoteFile, blob: Path, limit: int) -> int:
+        """The bytes ``blob`` unpacks to, found without writing anything. Raises CacheFullError as soon
+        as the count passes ``limit`` (the room the cache has), or the source's error for a blob it refuses."""
+
+    @abc.abstractmethod
+    def unpack(self, file: RemoteFile, blob: Path, sink: Sink) -> None:
+        """Give every file in ``blob`` to ``sink``; raise (nothing is published) for anything refused."""
+
+
 class OriginUnreachable(OfflineError):
     """The origin could not be reached; the caller may serve from the cache instead."""
 
@@ -98,13 +136,10 @@ class Source(abc.ABC):
         """List the files of ``ref`` at its (resolved) revision. Raises NotFoundError,
         GatedRepoError, OriginUnreachable."""
 
-    def materialize(self, listing: Listing, files: list[RemoteFile], cache, settings: Settings,
-                    opts) -> tuple[list, int] | tuple[list, int, int] | None:
-        """Put ``files`` into ``cache`` without the transfer engine and return ``(file entries, bytes
-        read)``, or ``None`` (the default) to let the engine fetch them by URL. Local paths and OCI
-        tar layers use this. A third value, when given, is the bytes served from the cache (otherwise
-        everything not read counts as from the cache; an unpacked archive reads fewer bytes than it
-        yields)."""
+    def unpacker(self, listing: Listing) -> Unpacker | None:
+        """How some files of ``listing`` turn from a fetched blob into files (e.g. OCI tar layers), or
+        ``None`` (the default): every listed file is itself a file of the snapshot. The pipeline asks
+        once per pull, fetches and verifies such a file's blob like any other, then calls the hook."""
         return None
 
     def key(self, ref: Ref) -> str:

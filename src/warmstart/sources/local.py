@@ -1,5 +1,6 @@
 """Local or network paths: ``file:///PATH`` or a plain path (a directory or one file).
 
+The source only lists the files (``file://`` URLs); the pull pipeline reads them (``warmstart.ingest``).
 Two ways in, chosen by ``PullOptions.in_place`` (``warmstart pull PATH --in-place``):
 
 * import (default): each file is hashed and put into the blob store by hardlink when the path is on
@@ -23,9 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import GatedRepoError, NotFoundError
@@ -35,7 +33,6 @@ from .base import Listing, RemoteFile, Source, safe_relpath
 log = logging.getLogger(__name__)
 
 SKIP_DIRS = {".git", ".cache", ".hg", "__pycache__"}
-WORKERS = 8
 
 
 class LocalSource(Source):
@@ -72,44 +69,6 @@ class LocalSource(Source):
         dirs = [s.home, s.memory_dir, s.shared_dir] if s is not None else []
         return {d for d in (os.path.realpath(x) for x in dirs if x) if d.startswith(top + os.sep)}
 
-    def materialize(self, listing, files, cache, settings, opts):
-        """Import (or index in place) ``files``; see the module docstring."""
-        from ..cache.index import FileEntry
-
-        in_place = bool(getattr(opts, "in_place", False))
-        todo, entries = [], []
-        for f in files:
-            digest = cache.digest_for_key(_key(f, in_place))
-            if digest and cache.store.has(digest, f.size):
-                entries.append(FileEntry(f.path, digest, f.size or 0, f.etag))
-            else:
-                todo.append(f)
-        if todo and not in_place:
-            cache.ensure_room(sum(f.size or 0 for f in todo), protect={e.digest for e in entries})
-        progress = getattr(opts, "progress", None)
-        if progress is not None:
-            progress.start(sum(f.size or 0 for f in todo), len(todo))
-        lock = threading.Lock()
-
-        def one(f: RemoteFile) -> FileEntry:
-            src = Path(f.url[len("file://"):]) if f.url.startswith("file://") else Path(f.url)
-            digest = _index_in_place(cache, src) if in_place else _import(cache, src)
-            with lock:
-                cache.index.add_blob(digest, f.size or 0)
-                cache.index.set_key(_key(f, in_place), digest, f.size or 0)
-            if progress is not None:
-                progress.advance(f.size or 0)
-                progress.file_done()
-            return FileEntry(f.path, digest, f.size or 0, f.etag)
-
-        with ThreadPoolExecutor(max(1, min(WORKERS, len(todo)))) as pool:
-            entries.extend(pool.map(one, todo))
-        return entries, 0 if in_place else sum(f.size or 0 for f in todo)
-
-
-def _key(f: RemoteFile, in_place: bool) -> str:
-    return ("inplace-" if in_place else "") + f.key
-
 
 def _denied(exc: OSError) -> None:
     """``os.walk`` error hook: an unreadable directory is an error the user must see, not an empty one."""
@@ -131,70 +90,3 @@ def _walk(root: Path, skip: set[str] = frozenset()):
                 if not os.access(path, os.R_OK):
                     raise GatedRepoError(f"{path}: permission denied; pull it as a user who can read it")
                 yield path.relative_to(root).as_posix(), path, st
-
-
-def _import(cache, src: Path) -> str:
-    """Hash ``src`` while copying (or linking) it into a temporary file; publish it under its digest."""
-    from ..cache.store import _copy, sha256_file
-
-    tmp = cache.layout.tmp / f"import-{uuid.uuid4().hex}"
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    if _reflink(src, tmp) or _hardlink(src, tmp):  # no bytes move; one read for the hash
-        digest = sha256_file(src).hexdigest()
-    else:
-        err: list[BaseException] = []
-
-        def copy() -> None:
-            try:
-                _copy(src, tmp)
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                err.append(exc)
-
-        t = threading.Thread(target=copy, daemon=True)
-        t.start()  # the copy and the hash read the same pages: one read from disk
-        digest = sha256_file(src).hexdigest()
-        t.join()
-        if err:
-            tmp.unlink(missing_ok=True)
-            raise err[0]
-    if cache.store.has(digest):
-        tmp.unlink(missing_ok=True)
-        return digest
-    cache.store.publish(tmp, digest)  # a hardlinked original becomes read-only, which protects the blob
-    return digest
-
-
-def _reflink(src: Path, dst: Path) -> bool:
-    """Clone ``src`` into a new ``dst`` (FICLONE: btrfs, XFS, bcachefs); False where unsupported."""
-    import fcntl
-
-    try:
-        with open(src, "rb") as fi, open(dst, "wb") as fo:
-            fcntl.ioctl(fo.fileno(), 0x40049409, fi.fileno())  # FICLONE
-        return True
-    except OSError:
-        dst.unlink(missing_ok=True)
-        return False
-
-
-def _hardlink(src: Path, dst: Path) -> bool:
-    try:
-        os.link(src, dst)
-        return True
-    except OSError:
-        return False
-
-
-def _index_in_place(cache, src: Path) -> str:
-    """Hash ``src`` and make its blob a symlink to it (no copy)."""
-    from ..cache.store import sha256_file
-
-    digest = sha256_file(src).hexdigest()
-    if cache.store.has(digest):
-        return digest
-    dest = cache.store.path(digest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
-    os.symlink(os.path.abspath(src), tmp)
-    os.replace(tmp, dest)
-    return digest
