@@ -12,8 +12,7 @@ import warmstart
 from warmstart.config import Settings
 from warmstart.errors import GatedRepoError, IntegrityError, NotFoundError, TransferError, UnsafePathError
 from warmstart.fetch import PullOptions, pull
-from warmstart.refs import parse
-from warmstart.sources.registry import source_for
+from warmstart.sources.registry import parse, source_for
 
 from .conftest import uid
 
