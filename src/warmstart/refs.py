@@ -114,6 +114,8 @@ def is_path(value: str | os.PathLike) -> bool:
     """
     if isinstance(value, os.PathLike):
         return True
+    if not isinstance(value, str):
+        return False
     return not _SCHEME.match(value) and (value.startswith(("/", "./", "../", "~")) or os.path.exists(value))
 
 
