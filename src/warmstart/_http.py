@@ -11,6 +11,7 @@ Written by hand rather than with requests/httpx because the transfer engine's ho
 from __future__ import annotations
 
 import base64
+import errno
 import http.client
 import ipaddress
 import json
@@ -224,7 +225,7 @@ def connect(scheme: str, netloc: str, timeout: float,
         raise TransferError(f"unsupported URL scheme {printable(scheme)!r}: only http and https")
     if connect_timeout is not None:
         conn, absolute = connect(scheme, netloc, connect_timeout)
-        conn.connect()
+        connect_within(conn, connect_timeout, netloc)
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
         return conn, absolute
@@ -241,6 +242,19 @@ def connect(scheme: str, netloc: str, timeout: float,
         conn.set_tunnel(host, port, headers=auth)
         return conn, None
     return http.client.HTTPConnection(proxy_host, proxy_port, timeout=timeout), auth
+
+
+def connect_within(conn: http.client.HTTPConnection, seconds: float, netloc: str) -> None:
+    """``conn.connect()`` under its (connect) timeout. A connection that is not answered in time (a
+    blackholed origin) raises ``TimeoutError`` with errno ``ETIMEDOUT``, which tells it apart from a
+    read that stalls (errno None) for the retry policy (``warmstart._retry``)."""
+    try:
+        conn.connect()
+    except TimeoutError as exc:
+        if exc.errno is not None:
+            raise
+        raise TimeoutError(errno.ETIMEDOUT, f"no answer from {printable(netloc)} within {seconds:g} s "
+                           "(WARMSTART_CONNECT_TIMEOUT)") from None
 
 
 class Client:
@@ -300,7 +314,7 @@ class Client:
                 conn = self._conn(p.scheme, p.netloc)
                 if conn.sock is None:  # closed by the server after the last answer: reconnect, same timeouts
                     conn.timeout = self.connect_timeout
-                    conn.connect()
+                    connect_within(conn, self.connect_timeout, p.netloc)
                     if conn.sock is not None:
                         conn.sock.settimeout(self.timeout)
                 target, extra = path, self._absolute.get((p.scheme, p.netloc))

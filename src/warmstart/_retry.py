@@ -14,6 +14,14 @@ waiting.
 2.5
 >>> Retry.permanent(ConnectionRefusedError())
 True
+
+A connection that is not answered within the connect timeout (``WARMSTART_CONNECT_TIMEOUT``: a
+blackholed origin) is final for metadata requests, which then serve the cache; the transfer engine,
+whose origin answered a moment ago, tries again:
+
+>>> blackholed = TimeoutError(errno.ETIMEDOUT, "no answer within 5 s")
+>>> METADATA.gives_up(blackholed), TRANSFER.gives_up(blackholed), METADATA.gives_up(TimeoutError("timed out"))
+(True, False, False)
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ class Retry:
     base_s: float = 0.2
     cap_s: float = 8.0
     jitter: float = 0.5
+    #: a connection not answered within the connect timeout (errno ETIMEDOUT) is final, not retried
+    connect_timeout_is_final: bool = False
 
     def attempts_left(self) -> Iterator[int]:
         """``0 .. attempts-1``; the caller stops early on success or on a permanent failure."""
@@ -54,6 +64,14 @@ class Retry:
         d = min(self.cap_s, self.base_s * 2**attempt)
         return d * (1 - self.jitter + self.jitter * random.random()) if self.jitter else d
 
+    def gives_up(self, exc: BaseException) -> bool:
+        """True when ``exc`` ends the loop at once: :meth:`permanent`, or (with
+        ``connect_timeout_is_final``) a connection the origin did not answer in time."""
+        if self.permanent(exc):
+            return True
+        return (self.connect_timeout_is_final and isinstance(exc, TimeoutError)
+                and exc.errno == errno.ETIMEDOUT)
+
     @staticmethod
     def permanent(exc: BaseException) -> bool:
         """True for failures that retrying within a pull cannot fix: refused, unresolvable, unroutable."""
@@ -65,6 +83,6 @@ class Retry:
 
 
 #: metadata requests (the Hub's revision answer, S3 listings, registry manifests)
-METADATA = Retry(attempts=4, base_s=0.2, cap_s=8.0)
+METADATA = Retry(attempts=4, base_s=0.2, cap_s=8.0, connect_timeout_is_final=True)
 #: byte ranges in the transfer engine (more patient: a resumable download is worth waiting for)
 TRANSFER = Retry(attempts=7, base_s=0.2, cap_s=8.0)

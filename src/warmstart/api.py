@@ -17,11 +17,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from . import pipeline, refs
+from . import pipeline
 from .cache.manager import Cache
 from .config import Settings
 from .errors import ConfigError, NotFoundError
+from .refs import is_path
 from .snapshot import Snapshot, SnapshotFile
+from .sources.registry import parse
 
 __all__ = ["pull", "load", "open", "load_into", "cache", "path", "Snapshot", "SnapshotFile", "convert",
            "save_tree", "load_tree", "compile_cache", "aot_compile"]
@@ -68,7 +70,7 @@ def pull(
     >>> snap.path, snap.revision                                        # doctest: +SKIP
     """
     settings = settings or Settings.from_env()
-    r = refs.parse(ref, revision=revision)
+    r = parse(ref, revision=revision)
     progress = _auto_progress(settings, quiet)
     opts = pipeline.PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress,
                              in_place)
@@ -92,10 +94,8 @@ def _weight_paths(path_or_ref: str | os.PathLike, settings: Settings | None,
                   tier: str | None = None) -> list[Path]:
     from .load import weight_files
 
-    p = Path(path_or_ref) if isinstance(path_or_ref, os.PathLike) else None
-    if p is None and isinstance(path_or_ref, str) and os.path.exists(path_or_ref):
-        p = Path(path_or_ref)
-    if p is not None:
+    if is_path(path_or_ref):  # a file or directory is read where it is; a ref is pulled first
+        p = Path(os.path.expanduser(path_or_ref))
         if not p.exists():
             raise NotFoundError(f"{p}: no such file or directory")
         return [p] if p.is_file() else weight_files(p)
@@ -198,7 +198,7 @@ def cache(*, settings: Settings | None = None):
     from .cache.ops import Manager
 
     settings = settings or Settings.from_env()
-    return Manager.open(settings, refetch=lambda ref: pull(ref, quiet=True, settings=settings))
+    return Manager.open(settings, refetch=lambda ref: pull(ref, quiet=True, settings=settings), parse=parse)
 
 
 def path(what: str = "home", *, settings: Settings | None = None) -> Path:

@@ -19,10 +19,10 @@ import time
 
 from .config import Settings
 from .errors import RefError, TransferError
-from .refs import parse
 from .snapshot import Snapshot
 from .sources.oci import FILEPATH, MODEL_ARTIFACT, MODEL_CONFIG, OCI_MANIFEST
 from .sources.ociclient import Registry
+from .sources.registry import parse
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from .cache.manager import DISK_RESERVE, Cache
 from .cache.views import hub_snapshot_dir, hub_view, plain_view, source_view, view_is_complete
 from .config import Settings
 from .errors import NotFoundError, OfflineError, ReadOnlyCacheError
-from .refs import Ref, default_revision
+from .refs import Ref
 from .snapshot import Snapshot, SnapshotFile
 
 if TYPE_CHECKING:  # the engine and the sources are imported when a pull needs the origin
@@ -54,7 +54,7 @@ def _selected(path: str, opts: PullOptions) -> bool:
 
 
 def _key(ref: Ref) -> str:
-    return str(ref.with_revision(None))
+    return ref.key
 
 
 def _finish(cache: Cache, ref: Ref, revision: str, files: list[FileEntry], opts: PullOptions,
@@ -82,7 +82,7 @@ def _finish(cache: Cache, ref: Ref, revision: str, files: list[FileEntry], opts:
 def from_cache(cache: Cache, ref: Ref, opts: PullOptions, t0: float, *, notice: str | None) -> Snapshot | None:
     """Serve ``ref`` from the cache alone, or None if it is not (completely) there."""
     key = _key(ref)
-    wanted = ref.revision or default_revision(ref.scheme)
+    wanted = ref.revision or ref.default_revision
     revision = cache.index.get_ref(key, wanted) or wanted
     row = cache.snapshot(key, revision)
     if row is None:
@@ -165,7 +165,7 @@ def _download(cache: Cache, ref: Ref, listing: Listing, settings: Settings, opts
         downloaded = run.downloaded
     refs = {}
     if ref.revision != listing.revision:
-        name = ref.revision or default_revision(ref.scheme)
+        name = ref.revision or ref.default_revision
         cache.index.set_ref(_key(ref), name, listing.revision)
         refs[name] = listing.revision
     return _finish(cache, ref, listing.revision, files, opts, t0, downloaded, refs, reused)

@@ -1,26 +1,21 @@
-"""Parse and print references to models: the only module that knows the grammar.
+"""The :class:`Ref` type, and the split of a reference string into its scheme and the rest.
 
-::
+This module knows no scheme's grammar: each source (``warmstart/sources/*.py``) parses, prints, pins
+and keys its own refs, as fsspec's backends own their protocol. A :class:`Ref` carries the
+:class:`Grammar` of the source that parsed it, so ``str(ref)``, ``ref.pinned`` and ``ref.key`` follow
+that source's rules while every layer below the sources handles refs without importing them. The
+registry (``warmstart.sources.registry.parse``) is the one place that turns text into a Ref.
 
-    hf://ORG/NAME[@REVISION]        a Hugging Face Hub model (a bare ORG/NAME means the Hub too)
-    s3://BUCKET/PREFIX[@VERSION]    the objects under a prefix of an S3-compatible store
-    oci://REGISTRY/REPO[:TAG|@sha256:DIGEST]   a ModelPack artifact in an OCI registry
-    https://HOST/PATH, http://...   one file over HTTP(S)
-    file:///PATH or a plain path    a local or network directory or file
+What is decided here is only what needs no grammar: ``scheme://rest``, and the two bare forms. A
+bare string names a local path when it looks like one or exists (:func:`is_path`, the one place that
+says "path or ref"), and otherwise a model on the Hub (``ORG/NAME``, the Hub's own convention).
 
->>> parse("Qwen/Qwen2.5-0.5B@main")
-Ref(scheme='hf', location='Qwen/Qwen2.5-0.5B', revision='main')
->>> str(parse("hf://org/name"))
-'hf://org/name'
-
-An HTTP(S) ref is named, printed and stored without its query string, fragment and ``user:password@``
-(a signed URL carries its credentials there); the URL as given is kept apart, for the requests only:
-
->>> r = parse("https://u:pw@cdn.example.com/m/model.safetensors?X-Amz-Signature=abc")
->>> r
-Ref(scheme='https', location='https://cdn.example.com/m/model.safetensors', revision=None)
->>> r.request_url
-'https://u:pw@cdn.example.com/m/model.safetensors?X-Amz-Signature=abc'
+>>> split("hf://org/name@main")
+Split(scheme='hf', body='org/name@main', bare=False)
+>>> split("org/name")
+Split(scheme='hf', body='org/name', bare=True)
+>>> split("/models/llama").scheme, split("./llama").body == os.path.abspath("llama")
+('file', True)
 """
 
 from __future__ import annotations
@@ -28,36 +23,30 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import urllib.parse
-
-from ._redact import redact_url
-from .errors import RefError
-
-GRAMMAR = (
-    "expected hf://ORG/NAME[@REVISION], ORG/NAME, s3://BUCKET/PREFIX[@VERSION], "
-    "oci://REGISTRY/REPO[:TAG|@DIGEST], https://HOST/PATH, file:///PATH or a local path"
-)
-
-_HF_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_HF_REPO = re.compile(rf"{_HF_PART}/{_HF_PART}")
-_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
-_OCI_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+from typing import NamedTuple, Protocol
 
 
-#: the revision a ref without one means, per scheme (the Hub's default branch)
-DEFAULT_REVISIONS = {"hf": "main"}
+class Grammar(Protocol):
+    """What a source knows of its own refs (a :class:`~warmstart.sources.base.Source` class is one)."""
 
+    #: the revision a ref without one means (``main`` on the Hub)
+    default_revision: str
 
-def default_revision(scheme: str) -> str:
-    """``main`` for the Hub; ``latest`` for sources whose revision is computed from a listing."""
-    return DEFAULT_REVISIONS.get(scheme, "latest")
+    def format_ref(self, ref: Ref) -> str:
+        """The ref as users write it (and as the cache names it, with its revision)."""
+
+    def is_pinned(self, ref: Ref) -> bool:
+        """True when the revision names immutable content: a cached copy needs no request."""
+
+    def key(self, ref: Ref) -> str:
+        """The cache's name of the model, without revision (e.g. ``hf://org/name``)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Ref:
     """A parsed reference. ``location`` is scheme-specific (``org/name`` for the Hub, ``bucket/prefix``
-    for S3, the URL for HTTP, an absolute path for files); ``revision`` is ``None`` for the default."""
+    for S3, the URL for HTTP, an absolute path for files); ``revision`` is ``None`` for the default.
+    Build one with the registry's ``parse`` (or a source's ``make_ref``), never by hand."""
 
     scheme: str
     location: str
@@ -65,17 +54,15 @@ class Ref:
     #: http(s) only: the URL as given, with its query string and credentials. Used for the requests and
     #: nothing else: never printed, logged or stored, and not part of the ref's identity.
     request_url: str | None = dataclasses.field(default=None, repr=False, compare=False)
+    #: the rules of the source that parsed it (printing, pinning, the cache key, the default revision)
+    grammar: Grammar = dataclasses.field(default=None, repr=False, compare=False, kw_only=True)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.grammar is None:
+            raise TypeError("a Ref is made by its source's grammar: use warmstart.sources.registry.parse")
 
     def __str__(self) -> str:
-        if self.scheme in ("http", "https"):
-            return self.location
-        if self.scheme == "file":
-            return f"file://{self.location}"
-        rev = ""
-        if self.revision:
-            sep = ":" if self.scheme == "oci" and not self.revision.startswith("sha256:") else "@"
-            rev = f"{sep}{self.revision}"
-        return f"{self.scheme}://{self.location}{rev}"
+        return self.grammar.format_ref(self)
 
     @property
     def repo_id(self) -> str:
@@ -84,124 +71,66 @@ class Ref:
 
     @property
     def pinned(self) -> bool:
-        """True when the revision names an immutable commit (no metadata request needed): a Hub commit,
-        an OCI digest, an S3 listing digest or S3 object version id (anything but ``latest``, and ``null``:
-        the version S3 overwrites in place)."""
-        return bool(self.revision) and (
-            (self.scheme == "hf" and bool(_COMMIT.fullmatch(self.revision or "")))
-            or (self.scheme == "s3" and self.revision not in (default_revision("s3"), "null"))
-            or (self.scheme == "oci" and (self.revision or "").startswith("sha256:"))
-        )
+        """True when the revision names immutable content (no metadata request needed)."""
+        return self.grammar.is_pinned(self)
+
+    @property
+    def key(self) -> str:
+        """The cache's name of the model, without revision."""
+        return self.grammar.key(self)
+
+    @property
+    def default_revision(self) -> str:
+        """The revision this ref means when it names none (``main`` on the Hub, else ``latest``)."""
+        return self.grammar.default_revision
 
     def with_revision(self, revision: str | None) -> Ref:
         return dataclasses.replace(self, revision=revision)
 
 
-def _bad(text: str, why: str) -> RefError:
-    return RefError(f"invalid reference {redact_url(text)!r}: {why}; {GRAMMAR}")
+class Malformed(ValueError):
+    """Why a reference does not parse; the registry turns it into the one-line :class:`RefError` that
+    lists every accepted form."""
 
 
-def _split_rev(body: str, text: str) -> tuple[str, str | None]:
-    if "@" not in body:
-        return body, None
-    loc, rev = body.split("@", 1)
-    _check_revision(rev, text)
-    return loc, rev
+class Split(NamedTuple):
+    scheme: str
+    body: str
+    #: True for the bare forms: a plain path (``file``) or ``ORG/NAME`` (``hf``)
+    bare: bool
 
 
-def _check_revision(rev: str, text: str) -> None:
-    """One grammar for ``@REV`` and ``--revision``/``revision=``: a branch, tag, commit or version id
-    (``refs/pr/1`` is fine) or an OCI digest; never ``..``, an empty component, NUL or a control
-    character, since a revision may name a file under the cache (``hub/models--…/refs/<name>``)."""
-    if not isinstance(rev, str) or not rev:
-        raise _bad(text, "empty revision")
-    if _OCI_DIGEST.fullmatch(rev):
-        return
-    if not _REVISION.fullmatch(rev) or ".." in rev or any(p in ("", ".") for p in rev.split("/")):
-        raise _bad(text, f"bad revision {rev!r}")
+#: the scheme of a bare ``ORG/NAME``, and of a bare path
+BARE_MODEL_SCHEME, BARE_PATH_SCHEME = "hf", "file"
+_SCHEME = re.compile(r"([a-z][a-z0-9+.-]*)://(.*)\Z", re.S)
 
 
-def parse(text: str, *, revision: str | None = None) -> Ref:
-    """Parse a reference string; ``revision`` (e.g. from ``--revision``) overrides one in the text."""
+def is_path(value: str | os.PathLike) -> bool:
+    """Whether ``value`` names a local path rather than a ref: a path object, or a string that starts
+    like a path (``/``, ``./``, ``../``, ``~``) or names one that exists.
+
+    >>> is_path("./model"), is_path("org/name"), is_path("hf://org/name")
+    (True, False, False)
+    """
+    if isinstance(value, os.PathLike):
+        return True
+    if not isinstance(value, str):
+        return False
+    return not _SCHEME.match(value) and (value.startswith(("/", "./", "../", "~")) or os.path.exists(value))
+
+
+def split(text: str) -> Split:
+    """``scheme://body`` -> (scheme, body); a bare path -> (``file``, its absolute path); anything
+    else -> (``hf``, text), for the Hub's grammar to accept as ``ORG/NAME`` or refuse. Raises
+    :class:`Malformed` for an empty string or a NUL character."""
     if not isinstance(text, str) or not text.strip():
-        raise _bad(str(text), "empty reference")
+        raise Malformed("empty reference")
     text = text.strip()
     if "\x00" in text:
-        raise _bad(text, "NUL character")
-    ref = _parse(text)
-    if revision is not None:
-        _check_revision(revision, text)
-        ref = ref.with_revision(revision)
-    return ref
-
-
-def _parse(text: str) -> Ref:
-    m = re.match(r"([a-z][a-z0-9+.-]*)://(.*)\Z", text, re.S)
+        raise Malformed("NUL character")
+    m = _SCHEME.match(text)
     if m:
-        scheme, body = m.group(1), m.group(2)
-        if scheme == "hf":
-            body = body.removeprefix("models/")
-            loc, rev = _split_rev(body, text)
-            if not _HF_REPO.fullmatch(loc):
-                raise _bad(text, "a Hub repository is ORG/NAME")
-            return Ref("hf", loc, rev)
-        if scheme == "s3":
-            loc, rev = _split_rev(body, text)
-            bucket = loc.split("/", 1)[0]
-            if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
-                raise _bad(text, f"bad bucket name {bucket!r}")
-            return Ref("s3", loc.rstrip("/"), rev)
-        if scheme == "oci":
-            return _parse_oci(body, text)
-        if scheme in ("http", "https"):
-            return _parse_url(scheme, text)
-        if scheme == "file":
-            if not body.startswith("/"):
-                raise _bad(text, "file:// needs an absolute path (file:///PATH)")
-            return Ref("file", os.path.normpath(body))
-        raise _bad(text, f"unknown scheme {scheme!r}")
-    # No scheme: a local path if it exists or looks like one, else ORG/NAME on the Hub.
-    if text.startswith(("/", "./", "../", "~")) or os.path.exists(text):
-        return Ref("file", os.path.abspath(os.path.expanduser(text)))
-    loc, rev = _split_rev(text, text)
-    if _HF_REPO.fullmatch(loc):
-        return Ref("hf", loc, rev)
-    raise _bad(text, "not a path that exists, nor ORG/NAME")
-
-
-def _parse_url(scheme: str, text: str) -> Ref:
-    """An HTTP(S) URL: the location (the cache's name for it) drops the query string, fragment and
-    userinfo; ``request_url`` keeps the URL as given."""
-    if any(c.isspace() or ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in text):
-        raise _bad(text, "a URL has no spaces or control characters (percent-encode them)")
-    try:
-        parts = urllib.parse.urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:  # its text may quote a password: not shown
-        raise _bad(text, "malformed URL (bad host or port)") from None
-    host = parts.netloc.rpartition("@")[2]
-    if not parts.hostname or not host:
-        raise _bad(text, "a URL needs a host")
-    location = redact_url(text)
-    if location != f"{scheme}://{host}{parts.path}":
-        raise _bad(text, "percent-encode '@', '?' and '#' in the user name, password and query")
-    return Ref(scheme, location, request_url=text if text != location else None)
-
-
-def _parse_oci(body: str, text: str) -> Ref:
-    if "@" in body:
-        loc, rev = body.split("@", 1)
-        if not re.fullmatch(r"sha256:[0-9a-f]{64}", rev):
-            raise _bad(text, "an OCI digest is sha256:<64 hex>")
-    else:
-        slash = body.find("/")
-        colon = body.rfind(":")
-        if colon > slash > 0:
-            loc, rev = body[:colon], body[colon + 1:]
-            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", rev):
-                raise _bad(text, f"bad tag {rev!r}")
-        else:
-            loc, rev = body, None
-    if "/" not in loc or not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+(?:[._-][a-z0-9]+)*)+", loc):
-        raise _bad(text, "an OCI reference is REGISTRY/REPOSITORY")
-    return Ref("oci", loc, rev)
+        return Split(m.group(1), m.group(2), False)
+    if is_path(text):
+        return Split(BARE_PATH_SCHEME, os.path.abspath(os.path.expanduser(text)), True)
+    return Split(BARE_MODEL_SCHEME, text, True)

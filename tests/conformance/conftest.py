@@ -35,6 +35,7 @@ class Case:
     knows_sha256: bool = True
     single_file: bool = False
     missing_ref: str = ""
+    pins: bool = True  #: a pulled snapshot's ref names immutable content (served with no request)
     env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -149,7 +150,7 @@ def _case_http(request, tmp_path) -> Case:
         origin.put(name, data)
         return origin.url(name)
     return Case("http", make, origin, lambda n, d: f"*{n}", knows_sha256=False, single_file=True,
-                missing_ref=origin.url("nothing/here.bin"))
+                missing_ref=origin.url("nothing/here.bin"), pins=False)
 
 
 def _case_local(request, tmp_path) -> Case:
@@ -160,7 +161,7 @@ def _case_local(request, tmp_path) -> Case:
             (root / path).write_bytes(data)
         return str(root)
     return Case("local", make, None, lambda n, d: "", knows_sha256=False,
-                missing_ref=str(tmp_path / "no" / "such" / "dir"))
+                missing_ref=str(tmp_path / "no" / "such" / "dir"), pins=False)
 
 
 @pytest.fixture(params=BACKENDS)

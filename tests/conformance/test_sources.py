@@ -12,8 +12,7 @@ import warmstart
 from warmstart.config import Settings
 from warmstart.errors import GatedRepoError, IntegrityError, NotFoundError, UnsafePathError
 from warmstart.pipeline import PullOptions, pull
-from warmstart.refs import parse
-from warmstart.sources.registry import source_for
+from warmstart.sources.registry import backend_for, parse, source_for
 
 from .conftest import uid
 
@@ -52,6 +51,20 @@ def test_listing_and_pull(case, home):
         case.origin.counters.reset()
         again = warmstart.pull(ref)
         assert again.downloaded == 0 and case.origin.counters.bytes_for(case.glob(*big_of(files))) == 0
+
+
+def test_ref_grammar(case, home):
+    """The source that declares the scheme parses, prints, keys and pins the ref: printing round-trips,
+    the key has no revision, and the ref of a pulled snapshot is pinned where the source can pin."""
+    ref = parse(case.make(model(case.single_file)))
+    assert ref.scheme in backend_for(ref.scheme).schemes and ref.grammar is backend_for(ref.scheme)
+    assert parse(str(ref)) == ref and str(parse(str(ref))) == str(ref)
+    assert ref.key == str(ref.with_revision(None)) and not ref.pinned
+    snap = warmstart.pull(str(ref))
+    again = parse(snap.ref)
+    assert again.key == ref.key and again.pinned is case.pins, (snap.ref, case.pins)
+    if case.pins:
+        assert again.revision == snap.revision and ref.default_revision != snap.revision
 
 
 def test_ranges(case, home):

@@ -171,10 +171,10 @@ def test_signed_url_is_never_stored_or_printed_and_a_new_signature_is_a_cache_hi
 
 def test_signed_url_in_the_python_api_logs_and_objects(signed, ws_home, caplog):
     import warmstart
-    from warmstart import refs
+    from warmstart.sources.registry import parse
 
     url = signed_url(signed, "SECRET1")
-    ref = refs.parse(url)
+    ref = parse(url)
     assert ref.request_url == url
     texts = [str(ref), repr(ref), repr(ref.with_revision("latest"))]
     with caplog.at_level("DEBUG", logger="warmstart"):

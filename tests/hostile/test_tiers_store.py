@@ -162,8 +162,7 @@ def test_file_without_sha256_or_git_id_never_comes_from_shared(http_origin, tmp_
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(bad)
     (shared / "keys").mkdir(exist_ok=True)
-    from warmstart.refs import parse
-    from warmstart.sources.registry import source_for
+    from warmstart.sources.registry import parse, source_for
 
     b = _settings(tmp_path / "node-b", shared_dir=shared)
     key = source_for(parse(ref), b).resolve(parse(ref)).files[0].key

@@ -20,7 +20,7 @@ from tests.pull.conftest import (
     run_cli,
     sha256,
 )
-from warmstart.refs import GRAMMAR
+from warmstart.sources.registry import grammar
 
 
 def _one_error_line(stderr: str) -> str:
@@ -88,7 +88,7 @@ def test_malformed_ref_is_usage_error(ws_home, cli_env, ref):
     r = run_cli(["pull", ref], cli_env)
     assert r.returncode == 2, (r.stdout, r.stderr)
     line = _one_error_line(r.stderr)
-    assert GRAMMAR in line
+    assert grammar() in line
     assert r.stdout == ""
     assert not list(ws_home.rglob("*.part")) and not list(ws_home.glob("blobs/sha256/*/*"))
 

@@ -13,7 +13,7 @@ import pytest
 
 import warmstart
 from warmstart.errors import ConfigError, IntegrityError
-from warmstart.refs import parse
+from warmstart.sources.registry import parse
 
 from ..conformance.conftest import uid
 

@@ -407,7 +407,7 @@ def test_a_version_id_the_store_ignores_is_not_pinned(monkeypatch, home):
         monkeypatch.setenv(k, v)
     with pytest.raises(NotFoundError, match="nor a version id"):
         warmstart.pull("s3://models/m/w.bin@3HL4kqtJlcpX")
-    from warmstart.refs import parse
+    from warmstart.sources.registry import parse
 
     assert parse("s3://bkt/k@3HL4kqtJlcpX").pinned and not parse("s3://bkt/k@null").pinned
     assert not parse("s3://bkt/k@latest").pinned and not parse("s3://bkt/k").pinned

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..config import Settings, parse_size
 from ..errors import ConfigError, NotFoundError, UnsafePathError
+from ..refs import Ref
 from . import evict, leases, views
 from .index import SnapshotRow
 from .manager import Cache
@@ -84,38 +85,40 @@ class Manager(Cache):
     """A :class:`Cache` with the management commands. Build with :meth:`open`."""
 
     settings: Settings
-    #: fetches ``"source@revision"`` again (``verify --repair``); the API layer provides it, since the
-    #: cache knows nothing of sources
+    #: fetches ``"source@revision"`` again (``verify --repair``), and parses a ref string (``rm``,
+    #: ``pin``, ``verify`` of one model: the sources own the grammar); the API layer provides both,
+    #: since the cache knows nothing of sources
     refetch: Callable[[str], object] | None = None
+    parse: Callable[..., Ref] | None = None
 
     @classmethod
-    def open(cls, settings: Settings | None = None, *, refetch: Callable[[str], object] | None = None) -> Manager:
+    def open(cls, settings: Settings | None = None, *, refetch: Callable[[str], object] | None = None,
+             parse: Callable[..., Ref] | None = None) -> Manager:
         settings = settings or Settings.from_env()
         m = cls(settings.home, max_size=settings.max_size, memory_dir=settings.memory_dir,
                 memory_max_size=settings.memory_max_size, shared_dir=settings.shared_dir)
         m.settings = settings
         m.refetch = refetch
+        m.parse = parse
         return m
 
     # -- finding snapshots -----------------------------------------------------------------------
     def find(self, ref: str, revision: str | None = None, *, default_only: bool = False) -> list[SnapshotRow]:
         """The cached snapshots of ``ref`` (all of them, or the one its revision names); NotFoundError if none."""
-        from ..refs import parse
-
+        if self.parse is None:
+            raise ConfigError("finding a model by its ref needs the sources' grammar: use warmstart.cache()")
         # `<source>#derived` names the converted snapshots of a source, as `ls` shows them
         base, derived, tail = ref.partition("#derived")
         if derived and tail and not tail.startswith("@"):
             raise NotFoundError(f"{ref}: write a converted snapshot as SOURCE#derived[@KEY], as `warmstart ls` shows it")
-        r = parse(base + tail, revision=revision)
-        key = str(r.with_revision(None)) + derived
+        r = self.parse(base + tail, revision=revision)
+        key = r.key + derived
         rows = self.index.snapshots(key)
         if r.revision:
             rev = self.index.get_ref(key, r.revision) or r.revision
             rows = [x for x in rows if x.revision == rev or (len(rev) >= 7 and x.revision.startswith(rev))]
         elif default_only and len(rows) > 1:
-            from ..refs import default_revision
-
-            rev = self.index.get_ref(key, default_revision(r.scheme))
+            rev = self.index.get_ref(key, r.default_revision)
             rows = [x for x in rows if x.revision == rev] or [max(rows, key=lambda x: x.created)]
         if not rows:
             what = f"{key}@{r.revision}" if r.revision else key

@@ -1,8 +1,10 @@
-"""The Source protocol: where bytes come from.
+"""The Source protocol: where bytes come from, and how its refs are written.
 
-A backend turns a :class:`~warmstart.refs.Ref` into a :class:`Listing` (the resolved revision and
-the files with size, digest and URL); the transfer engine then moves the bytes with ranged reads.
-A backend is one file plus one line in ``registry.py``.
+A source is one file: a :class:`Source` subclass that declares its ``schemes``, owns the grammar of
+its refs (:meth:`Source.parse_ref`, :meth:`~Source.format_ref`, :meth:`~Source.is_pinned`,
+:meth:`~Source.key`, ``default_revision``) and turns a :class:`~warmstart.refs.Ref` into a
+:class:`Listing` (the resolved revision and the files with size, digest and URL); the transfer
+engine then moves the bytes with ranged reads. Plus one line in ``registry.py``.
 
 >>> safe_relpath("a/b.json")
 'a/b.json'
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO, ClassVar
@@ -24,7 +27,10 @@ from .._redact import redact_url
 from ..cache.paths import unsafe_reason
 from ..config import Settings
 from ..errors import OfflineError, TransferError, UnsafePathError
-from ..refs import Ref
+from ..refs import Malformed, Ref
+
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,15 +128,70 @@ class OriginUnreachable(OfflineError):
 
 
 class Source(abc.ABC):
-    """One backend. Subclasses set ``schemes`` and implement :meth:`resolve`."""
+    """One backend. Subclasses set ``schemes`` (what the registry maps to them), ``forms`` and
+    :meth:`parse_ref`, and implement :meth:`resolve`; the other grammar methods have defaults that
+    print ``scheme://location[@revision]``."""
 
+    #: the schemes this source serves; the registry reads them to map a ref to its source
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: how its refs are written, for the message that lists every accepted form
+    forms: ClassVar[tuple[str, ...]] = ()
     #: the revision a ref without one means (e.g. ``main`` on the Hub)
     default_revision: ClassVar[str] = "latest"
+    #: modules its requests need beyond warmstart's own dependencies, and the extra that installs them
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
+    # -- the grammar of its refs (class methods: a Ref carries the class as its grammar) -------------
+    @classmethod
+    def make_ref(cls, scheme: str, location: str, revision: str | None = None, **kw) -> Ref:
+        return Ref(scheme, location, revision, grammar=cls, **kw)
+
+    @classmethod
+    @abc.abstractmethod
+    def parse_ref(cls, scheme: str, body: str, text: str, bare: bool) -> Ref:
+        """The Ref that ``text`` (``scheme://body``, or the bare ``body`` when ``bare``) names; raises
+        :class:`~warmstart.refs.Malformed` saying what is wrong."""
+
+    @classmethod
+    def format_ref(cls, ref: Ref) -> str:
+        return f"{ref.scheme}://{ref.location}" + (f"@{ref.revision}" if ref.revision else "")
+
+    @classmethod
+    def is_pinned(cls, ref: Ref) -> bool:
+        """True when the revision names immutable content (no request needed when cached)."""
+        return False
+
+    @classmethod
+    def key(cls, ref: Ref) -> str:
+        """The cache's name of the model, without revision: e.g. ``hf://org/name``."""
+        return cls.format_ref(ref.with_revision(None))
+
+    @classmethod
+    def check_revision(cls, rev: object) -> None:
+        """One grammar for ``@REV`` and ``--revision``/``revision=``: a branch, tag, commit or version id
+        (``refs/pr/1`` is fine) or an OCI digest; never ``..``, an empty component, NUL or a control
+        character, since a revision may name a file under the cache (``hub/models--…/refs/<name>``)."""
+        if not isinstance(rev, str) or not rev:
+            raise Malformed("empty revision")
+        if _DIGEST.fullmatch(rev):
+            return
+        if not _REVISION.fullmatch(rev) or ".." in rev or any(p in ("", ".") for p in rev.split("/")):
+            raise Malformed(f"bad revision {rev!r}")
+
+    @classmethod
+    def split_revision(cls, body: str) -> tuple[str, str | None]:
+        """``LOCATION[@REVISION]`` -> (location, revision or None), the revision checked."""
+        if "@" not in body:
+            return body, None
+        loc, rev = body.split("@", 1)
+        cls.check_revision(rev)
+        return loc, rev
+
+    # -- listing -------------------------------------------------------------------------------------
     @abc.abstractmethod
     def resolve(self, ref: Ref) -> Listing:
         """List the files of ``ref`` at its (resolved) revision. Raises NotFoundError,
@@ -141,10 +202,6 @@ class Source(abc.ABC):
         ``None`` (the default): every listed file is itself a file of the snapshot. The pipeline asks
         once per pull, fetches and verifies such a file's blob like any other, then calls the hook."""
         return None
-
-    def key(self, ref: Ref) -> str:
-        """The cache's name of the model, without revision: e.g. ``hf://org/name``."""
-        return str(ref.with_revision(None))
 
 
 def safe_relpath(path: str) -> str:

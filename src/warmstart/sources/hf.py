@@ -1,4 +1,10 @@
-"""The Hugging Face Hub backend.
+"""The Hugging Face Hub backend: ``hf://ORG/NAME[@REVISION]``, or a bare ``ORG/NAME``.
+
+>>> HubSource.parse_ref("hf", "models/Qwen/Qwen2.5-0.5B@main", "hf://models/Qwen/Qwen2.5-0.5B@main", False)
+Ref(scheme='hf', location='Qwen/Qwen2.5-0.5B', revision='main')
+>>> r = HubSource.parse_ref("hf", "org/name@" + "a" * 40, "org/name@" + "a" * 40, True)
+>>> str(r), r.pinned, r.key
+('hf://org/name@aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', True, 'hf://org/name')
 
 One metadata request per pull: ``GET {endpoint}/api/models/{repo}/revision/{rev}?blobs=true`` (the
 request ``huggingface_hub.HfApi.model_info(files_metadata=True)`` makes) returns the commit and every
@@ -15,24 +21,36 @@ where huggingface_hub keeps it (``HF_TOKEN``, then ``$HF_HOME/token``; see ``con
 
 from __future__ import annotations
 
-import http.client
 import logging
 import re
 import time
 import urllib.parse
+from typing import TYPE_CHECKING
 
-from .. import _http
 from .._redact import clean
+from .._retry import METADATA
 from ..cache.paths import is_commit
 from ..errors import GatedRepoError, NotFoundError, TransferError
-from ..refs import Ref
+from ..refs import Malformed, Ref
 from .base import Listing, OriginUnreachable, RemoteFile, Source, safe_relpath
+
+if TYPE_CHECKING:
+    import http.client
 
 log = logging.getLogger(__name__)
 
-RETRIES = 3
+_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_REPO = re.compile(rf"{_PART}/{_PART}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _BLOB_ID = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
+
+
+def _retry_after(resp: http.client.HTTPResponse) -> float | None:
+    """The server's ``Retry-After`` in seconds (the number form), or None."""
+    try:
+        return float(resp.getheader("Retry-After") or "")
+    except ValueError:
+        return None
 
 
 def _shown(value: object) -> str:
@@ -43,7 +61,20 @@ def _shown(value: object) -> str:
 
 class HubSource(Source):
     schemes = ("hf",)
+    forms = ("hf://ORG/NAME[@REVISION]", "ORG/NAME")
     default_revision = "main"
+
+    @classmethod
+    def parse_ref(cls, scheme: str, body: str, text: str, bare: bool) -> Ref:
+        loc, rev = cls.split_revision(body if bare else body.removeprefix("models/"))
+        if not _REPO.fullmatch(loc):
+            raise Malformed("not a path that exists, nor ORG/NAME" if bare else "a Hub repository is ORG/NAME")
+        return cls.make_ref("hf", loc, rev)
+
+    @classmethod
+    def is_pinned(cls, ref: Ref) -> bool:
+        """A commit (40 lowercase hex digits) is immutable; a branch or tag moves."""
+        return is_commit(ref.revision or "")
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
@@ -116,10 +147,14 @@ class HubSource(Source):
         revision = ref.revision or self.default_revision
         url = (f"{self.settings.endpoint}/api/models/{ref.repo_id}/revision/"
                f"{urllib.parse.quote(revision, safe='')}?blobs=true")
+        import http.client  # here, not above: a ref that is parsed and served from the cache needs no HTTP
+
+        from .. import _http
+
         client = _http.Client(timeout=self.settings.stall_timeout, connect_timeout=self.settings.connect_timeout)
         hint = "check HF_ENDPOINT"
         try:
-            for attempt in range(RETRIES + 1):
+            for attempt in METADATA.attempts_left():
                 try:
                     _, resp = client.follow("GET", url, self._headers())
                     body = _http.read_bounded(
@@ -129,12 +164,14 @@ class HubSource(Source):
                 except TransferError:
                     raise  # refused redirect, too large or too slow: retrying would not help
                 except (OSError, http.client.HTTPException) as exc:
-                    if attempt == RETRIES:
+                    # refused, unresolvable, unroutable, no answer to the connection: give up at once,
+                    # so a cached model is served without waiting on a dead origin
+                    if METADATA.gives_up(exc) or METADATA.last(attempt):
                         raise OriginUnreachable(
                             f"{self.settings.endpoint} is unreachable ({type(exc).__name__}: "
                             f"{_http.printable(str(exc))})") from None
                     client.drop()
-                    time.sleep(0.2 * 2**attempt)
+                    time.sleep(METADATA.delay(attempt))
                     continue
                 if resp.status == 200:
                     data = _http.load_json(body, what=f"{ref}: the Hub's answer", hint=hint)
@@ -142,9 +179,9 @@ class HubSource(Source):
                         raise TransferError(f"{ref}: unexpected answer from the Hub; check HF_ENDPOINT")
                     return data
                 if resp.status >= 500 or resp.status == 429:
-                    if attempt == RETRIES:
+                    if METADATA.last(attempt):
                         raise OriginUnreachable(f"{self.settings.endpoint} answered HTTP {resp.status}")
-                    time.sleep(0.2 * 2**attempt)
+                    time.sleep(METADATA.delay(attempt, retry_after=_retry_after(resp)))
                     continue
                 raise self._error(ref, revision, resp.status, resp.getheader("X-Error-Code"),
                                   resp.getheader("X-Error-Message"))

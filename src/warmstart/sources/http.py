@@ -5,8 +5,8 @@ bytes``), and its ETag or Last-Modified, which make the revision. Ranged GETs th
 ``If-Match`` (a strong ETag) or ``If-Unmodified-Since``, so a file that changes mid-download fails
 with HTTP 412 instead of mixing two versions. Without Range support the engine uses one stream.
 
-The model's name in the cache is the URL without query string, fragment and ``user:password@`` (see
-``refs.py``): a signed URL (S3 presigned, CDN signatures, tokens) is requested as given but never
+The model's name in the cache is the URL without query string, fragment and ``user:password@``
+(:meth:`HttpSource.parse_ref`): a signed URL (S3 presigned, CDN signatures, tokens) is requested as given but never
 printed, logged or stored, and a fresh signature of the same object is a cache hit. Credentials in
 the URL are sent as HTTP Basic authentication, and not to another host after a redirect.
 
@@ -14,6 +14,16 @@ the URL are sent as HTTP Basic authentication, and not to another host after a r
 '255915d5'
 >>> file_name("https://host/models/a%20b.safetensors?sig=1")
 'a b.safetensors'
+
+The ref is named, printed and stored without the query string, fragment and ``user:password@``; the URL
+as given is kept apart, for the requests only:
+
+>>> text = "https://u:pw@cdn.example.com/m/model.safetensors?X-Amz-Signature=abc"
+>>> r = HttpSource.parse_ref("https", text[8:], text, False)
+>>> r
+Ref(scheme='https', location='https://cdn.example.com/m/model.safetensors', revision=None)
+>>> r.request_url == text, str(r) == r.key == r.location
+(True, True)
 """
 
 from __future__ import annotations
@@ -24,8 +34,9 @@ import logging
 import urllib.parse
 
 from .. import _http
+from .._redact import redact_url
 from ..errors import GatedRepoError, NotFoundError, TransferError
-from ..refs import Ref
+from ..refs import Malformed, Ref
 from .base import Listing, OriginUnreachable, RemoteFile, Source, safe_relpath
 
 log = logging.getLogger(__name__)
@@ -48,11 +59,39 @@ class HttpSource(Source):
     """One file at an HTTP(S) URL."""
 
     schemes = ("http", "https")
+    forms = ("https://HOST/PATH",)
     default_revision = "latest"
+
+    @classmethod
+    def parse_ref(cls, scheme: str, body: str, text: str, bare: bool) -> Ref:
+        """The location (the cache's name for it) drops the query string, fragment and userinfo;
+        ``request_url`` keeps the URL as given."""
+        if any(c.isspace() or ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in text):
+            raise Malformed("a URL has no spaces or control characters (percent-encode them)")
+        try:
+            parts = urllib.parse.urlsplit(text)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:  # its text may quote a password: not shown
+            raise Malformed("malformed URL (bad host or port)") from None
+        host = parts.netloc.rpartition("@")[2]
+        if not parts.hostname or not host:
+            raise Malformed("a URL needs a host")
+        location = redact_url(text)
+        if location != f"{scheme}://{host}{parts.path}":
+            raise Malformed("percent-encode '@', '?' and '#' in the user name, password and query")
+        return cls.make_ref(scheme, location, request_url=text if text != location else None)
+
+    @classmethod
+    def format_ref(cls, ref: Ref) -> str:
+        return ref.location  # the URL: a revision is what the origin's tags say, never written
+
+    @classmethod
+    def key(cls, ref: Ref) -> str:
+        return _http.redact(ref.location)
 
     def resolve(self, ref: Ref) -> Listing:
         url, auth = request_target(ref.request_url or ref.location)
-        client = _http.Client(timeout=30.0)
+        client = _http.Client(timeout=30.0, connect_timeout=self.settings.connect_timeout)
         try:
             final, resp = client.follow("HEAD", url, auth)
             _http.drain(resp)
@@ -93,9 +132,6 @@ class HttpSource(Source):
                        headers={**cond, **auth}, ranges=ranges and size is not None,
                        probe=final != url)  # ranged GETs go straight to URL unless it redirects
         return Listing(ref, revision, (f,))
-
-    def key(self, ref: Ref) -> str:
-        return _http.redact(ref.location)
 
 
 def request_target(url: str) -> tuple[str, dict[str, str]]:

@@ -15,8 +15,11 @@ Each file's digest is remembered by (path, size, mtime, inode), so pulling the s
 hashes nothing.
 
 >>> import tempfile, pathlib; d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "a.txt").write_text("x")
->>> [f.path for f in LocalSource(None).resolve(Ref("file", str(d))).files]
+>>> [f.path for f in LocalSource(None).resolve(LocalSource.make_ref("file", str(d))).files]
 ['a.txt']
+>>> r = LocalSource.parse_ref("file", "/models//llama/", "file:///models//llama/", False)
+>>> str(r), r.key, r.pinned
+('file:///models/llama', 'file:///models/llama', False)
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import os
 from pathlib import Path
 
 from ..errors import GatedRepoError, NotFoundError
-from ..refs import Ref
+from ..refs import Malformed, Ref
 from .base import Listing, RemoteFile, Source, safe_relpath
 
 log = logging.getLogger(__name__)
@@ -39,7 +42,19 @@ class LocalSource(Source):
     """A directory (every regular file under it, symlinks followed) or one file."""
 
     schemes = ("file",)
+    forms = ("file:///PATH", "a local path")
     default_revision = "latest"
+
+    @classmethod
+    def parse_ref(cls, scheme: str, body: str, text: str, bare: bool) -> Ref:
+        """``file:///PATH``, or a bare path (already made absolute by :func:`warmstart.refs.split`)."""
+        if not body.startswith("/"):
+            raise Malformed("file:// needs an absolute path (file:///PATH)")
+        return cls.make_ref("file", body if bare else os.path.normpath(body))
+
+    @classmethod
+    def format_ref(cls, ref: Ref) -> str:
+        return f"file://{ref.location}"  # a path has no revision to write
 
     def resolve(self, ref: Ref) -> Listing:
         root = Path(ref.location)

@@ -17,6 +17,9 @@ followed, the bearer token dropped on a host change).
 
 >>> layer_kind("application/vnd.cncf.model.weight.v1.raw"), layer_kind("application/vnd.cncf.model.doc.v1.tar")
 ('raw', 'tar')
+>>> r = OciSource.parse_ref("oci", "ghcr.io/org/qwen:0.5b", "oci://ghcr.io/org/qwen:0.5b", False)
+>>> str(r), r.pinned, r.key
+('oci://ghcr.io/org/qwen:0.5b', False, 'oci://ghcr.io/org/qwen')
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import logging
 import re
 
 from ..errors import IntegrityError, WarmstartError
-from ..refs import Ref
+from ..refs import Malformed, Ref
 from .base import Listing, RemoteFile, Source, Unpacker, safe_relpath
 from .ociclient import Registry
 from .ocitar import TarLayers
@@ -41,6 +44,8 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 FILEPATH = "org.cncf.model.filepath"
 TITLE = "org.opencontainers.image.title"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_REPOSITORY = re.compile(r"[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+(?:[._-][a-z0-9]+)*)+")
 _LAYER = re.compile(r"application/vnd\.cncf\.model\.(weight|weight\.config|doc|code|dataset)\.v1\.(raw|tar|tar\+gzip)")
 
 
@@ -75,7 +80,40 @@ class OciSource(Source):
     """ModelPack artifacts in OCI registries."""
 
     schemes = ("oci",)
+    forms = ("oci://REGISTRY/REPO[:TAG|@DIGEST]",)
     default_revision = "latest"
+
+    @classmethod
+    def parse_ref(cls, scheme: str, body: str, text: str, bare: bool) -> Ref:
+        """``REGISTRY/REPO``, then ``@sha256:DIGEST`` or ``:TAG`` (a colon after the first slash)."""
+        if "@" in body:
+            loc, rev = body.split("@", 1)
+            if not _DIGEST.fullmatch(rev):
+                raise Malformed("an OCI digest is sha256:<64 hex>")
+        else:
+            slash = body.find("/")
+            colon = body.rfind(":")
+            if colon > slash > 0:
+                loc, rev = body[:colon], body[colon + 1:]
+                if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", rev):
+                    raise Malformed(f"bad tag {rev!r}")
+            else:
+                loc, rev = body, None
+        if "/" not in loc or not _REPOSITORY.fullmatch(loc):
+            raise Malformed("an OCI reference is REGISTRY/REPOSITORY")
+        return cls.make_ref("oci", loc, rev)
+
+    @classmethod
+    def format_ref(cls, ref: Ref) -> str:
+        """A tag follows ``:``, a digest ``@`` (as docker and oras write them)."""
+        rev = ref.revision
+        sep = "@" if rev and rev.startswith("sha256:") else ":"
+        return f"oci://{ref.location}" + (f"{sep}{rev}" if rev else "")
+
+    @classmethod
+    def is_pinned(cls, ref: Ref) -> bool:
+        """A manifest digest is immutable; a tag moves."""
+        return (ref.revision or "").startswith("sha256:")
 
     def resolve(self, ref: Ref) -> Listing:
         host, repo = ref.location.split("/", 1)

@@ -34,11 +34,13 @@ import ipaddress
 import json
 import logging
 import re
+import time
 import urllib.parse
 from pathlib import Path
 from typing import BinaryIO
 
 from .. import _http
+from .._retry import METADATA
 from ..config import Settings
 from ..errors import GatedRepoError, NotFoundError, TransferError
 from .base import OriginUnreachable
@@ -60,6 +62,14 @@ def parse_challenge(value: str) -> tuple[str, dict[str, str]]:
 
 
 _TOKEN = re.compile(r"[\x21-\x7e]{1,65536}")  # printable, no spaces: what may go into a header
+
+
+def _seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` in seconds (the number form), or None."""
+    try:
+        return float(value or "")
+    except ValueError:
+        return None
 
 
 def _printable(text: str) -> str:
@@ -159,7 +169,8 @@ class Registry:
         self.auth_hosts = settings.oci_auth_hosts
         self.actions = "pull,push" if push else "pull"
         self.auth: dict[str, str] = {}
-        self.client = _http.Client(timeout=60.0)
+        self.connect_timeout = settings.connect_timeout
+        self.client = _http.Client(timeout=60.0, connect_timeout=self.connect_timeout)
         self.metadata_limit = settings.metadata_limit  # manifests, indexes, token answers, error bodies
 
     def close(self) -> None:
@@ -176,13 +187,7 @@ class Registry:
         for attempt in range(2):
             # what authenticated us goes to the registry itself only, never to a Location elsewhere
             hdrs = {**(self.auth if own else {}), **(headers or {})}
-            try:
-                status, rh, data = self._send(method, url, hdrs, body, length)
-            except TransferError:
-                raise  # an answer too large or too slow: not an unreachable registry
-            except (OSError, http.client.HTTPException) as exc:
-                raise OriginUnreachable(f"registry {self.host} is unreachable ({type(exc).__name__}); check "
-                                        "the name, or WARMSTART_INSECURE_REGISTRIES for a plain-HTTP one") from None
+            status, rh, data = self._send_retrying(method, url, hdrs, body, length)
             if status != 401 or not own:  # another host's challenge is not ours to answer
                 return status, rh, data
             if attempt == 0:
@@ -191,6 +196,25 @@ class Registry:
                     body.seek(0)  # type: ignore[union-attr]
         raise GatedRepoError(f"oci://{self.host}/{self.repo}: authentication failed; check the credentials in "
                              "the registry auth file (REGISTRY_AUTH_FILE or ~/.docker/config.json)")
+
+    def _send_retrying(self, method, url, hdrs, body, length) -> tuple[int, dict, bytes]:
+        """:meth:`_send`, again after a lost connection (:data:`warmstart._retry.METADATA`); a registry
+        that refuses connections, does not resolve or is unroutable fails at once (OriginUnreachable)."""
+        for attempt in METADATA.attempts_left():
+            try:
+                return self._send(method, url, hdrs, body, length)
+            except TransferError:
+                raise  # an answer too large or too slow: not an unreachable registry
+            except (OSError, http.client.HTTPException) as exc:
+                rewind = body is None or isinstance(body, bytes) or hasattr(body, "seek")
+                if METADATA.gives_up(exc) or METADATA.last(attempt) or not rewind:
+                    raise OriginUnreachable(f"registry {self.host} is unreachable ({type(exc).__name__}); check "
+                                            "the name, or WARMSTART_INSECURE_REGISTRIES for a plain-HTTP one") from None
+                self.client.drop(url)
+                time.sleep(METADATA.delay(attempt))
+                if hasattr(body, "seek"):
+                    body.seek(0)  # type: ignore[union-attr]
+        raise AssertionError("unreachable")
 
     def _send(self, method, url, hdrs, body, length):
         if body is None:
@@ -202,7 +226,7 @@ class Registry:
                 raise
             return resp.status, _http.headers_of(resp), data
         p = urllib.parse.urlsplit(url)
-        conn, absolute = _http.connect(p.scheme, p.netloc, 120)
+        conn, absolute = _http.connect(p.scheme, p.netloc, 120, self.connect_timeout)
         try:
             path = p.path + (f"?{p.query}" if p.query else "")
             size = length if length is not None else len(body)  # type: ignore[arg-type]
@@ -257,17 +281,7 @@ class Registry:
                         "%s", ref, refused)
         elif creds:
             hdrs = self._basic()
-        client = _http.Client(timeout=60.0)  # its own connection: the realm may be another host
-        try:
-            resp = client.request("GET", url, hdrs)
-            data = _http.read_bounded(resp, MAX_TOKEN_ANSWER, what=f"the token service of {self.host}'s answer",
-                                      hint="check the registry")
-        except TransferError:
-            raise
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            raise OriginUnreachable(f"token service of {self.host} is unreachable ({type(exc).__name__})") from None
-        finally:
-            client.close()
+        resp, data = self._token_answer(url, hdrs)
         if resp.status in (401, 403):
             hint = (f"the registry's password was not sent to it ({refused})" if refused else
                     "check REGISTRY_AUTH_FILE or ~/.docker/config.json")
@@ -279,6 +293,35 @@ class Registry:
         if not isinstance(token, str) or not token or not _TOKEN.fullmatch(token):
             raise TransferError(f"token service of {self.host} returned no usable token")
         self.auth = {"Authorization": f"Bearer {token}"}
+
+    def _token_answer(self, url: str, hdrs: dict[str, str]) -> tuple[http.client.HTTPResponse, bytes]:
+        """The token service's answer, on a connection of its own (the realm may be another host);
+        lost connections and 429/5xx answers are retried (:data:`warmstart._retry.METADATA`), a service
+        that refuses connections fails at once."""
+        client = _http.Client(timeout=60.0, connect_timeout=self.connect_timeout)
+        try:
+            for attempt in METADATA.attempts_left():
+                try:
+                    resp = client.request("GET", url, hdrs)
+                    data = _http.read_bounded(resp, MAX_TOKEN_ANSWER,
+                                              what=f"the token service of {self.host}'s answer",
+                                              hint="check the registry")
+                except TransferError:
+                    raise
+                except (OSError, http.client.HTTPException, ValueError) as exc:
+                    if METADATA.gives_up(exc) or METADATA.last(attempt) or isinstance(exc, ValueError):
+                        raise OriginUnreachable(f"token service of {self.host} is unreachable "
+                                                f"({type(exc).__name__})") from None
+                    client.drop()
+                    time.sleep(METADATA.delay(attempt))
+                    continue
+                if resp.status in (429, 502, 503, 504) and not METADATA.last(attempt):
+                    time.sleep(METADATA.delay(attempt, retry_after=_seconds(resp.getheader("retry-after"))))
+                    continue
+                return resp, data
+        finally:
+            client.close()
+        raise AssertionError("unreachable")
 
     def check(self, status: int, what: str, data: bytes = b"") -> None:
         """Raise the one-line error for a failed registry answer."""
@@ -294,18 +337,17 @@ class Registry:
 
     # -- high level -----------------------------------------------------------------------------
     def get_manifest(self, reference: str) -> tuple[bytes, dict[str, str]]:
-        """The raw manifest (or index) bytes and the response headers; retries throttling (429/503)."""
-        import time
-
-        for attempt in range(5):
+        """The raw manifest (or index) bytes and the response headers; retries throttling (429/5xx) as
+        :data:`warmstart._retry.METADATA` says, honouring ``Retry-After``."""
+        for attempt in METADATA.attempts_left():
             status, headers, data = self.request("GET", self.url(f"manifests/{reference}"),
                                                  {"Accept": ", ".join(MANIFEST_TYPES)})
-            if status not in (429, 502, 503, 504) or attempt == 4:
+            if status not in (429, 502, 503, 504) or METADATA.last(attempt):
                 break
-            time.sleep(min(8.0, float(headers.get("retry-after") or 0.25 * 2**attempt)))
+            time.sleep(METADATA.delay(attempt, retry_after=_seconds(headers.get("retry-after"))))
         if status in (429, 503):
             raise TransferError(f"oci://{self.host}/{self.repo}: the registry kept throttling (HTTP {status}) "
-                                "after 5 tries; try again later")
+                                f"after {METADATA.attempts} tries; try again later")
         self.check(status, f"manifest {reference!r}", data)
         try:  # the caller parses it; a manifest nested too deeply for the parser is refused here
             json.loads(data)

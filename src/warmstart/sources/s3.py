@@ -19,13 +19,15 @@ required either way, so ``s3://`` behaves the same whatever the credentials' sou
 
 >>> listing_digest([("w/a.bin", 3, '"e1"', None)])[:12]
 '05309cb6e9be'
+>>> r = S3Source.parse_ref("s3", "models/llama/@3HL4kqtJlcpX", "s3://models/llama/@3HL4kqtJlcpX", False)
+>>> str(r), r.pinned, r.key, S3Source.is_pinned(r.with_revision("null"))
+('s3://models/llama@3HL4kqtJlcpX', True, 's3://models/llama', False)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import logging
 import os
 import re
@@ -33,14 +35,9 @@ from collections.abc import Iterable
 
 from .. import _http
 from ..errors import ConfigError, GatedRepoError, NotFoundError, TransferError
-from ..refs import Ref
+from ..refs import Malformed, Ref
 from . import s3api
 from .base import Listing, OriginUnreachable, RemoteFile, Source
-
-# The registry imports this module lazily and turns an ImportError into the install hint. boto3 itself
-# is imported only when s3api cannot serve the configuration (see the module docstring).
-if importlib.util.find_spec("boto3") is None:
-    raise ImportError("No module named 'boto3'", name="boto3")
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +74,27 @@ class S3Source(Source):
     """Objects under a prefix of an S3-compatible bucket (needs ``pip install 'warmstart[s3]'``)."""
 
     schemes = ("s3",)
+    forms = ("s3://BUCKET/PREFIX[@VERSION]",)
     default_revision = "latest"
+    # boto3 is imported only when s3api cannot serve the configuration (see the module docstring), but
+    # required either way, so s3:// behaves the same whatever the credentials' source; the registry
+    # turns its absence into the install hint
+    requires = ("boto3",)
+    extra = "s3"
+
+    @classmethod
+    def parse_ref(cls, scheme: str, body: str, text: str, bare: bool) -> Ref:
+        loc, rev = cls.split_revision(body)
+        bucket = loc.split("/", 1)[0]
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise Malformed(f"bad bucket name {bucket!r}")
+        return cls.make_ref("s3", loc.rstrip("/"), rev)
+
+    @classmethod
+    def is_pinned(cls, ref: Ref) -> bool:
+        """A listing digest or an object version id (anything but ``latest``, and ``null``: the version
+        S3 overwrites in place)."""
+        return bool(ref.revision) and ref.revision not in (cls.default_revision, "null")
 
     def __init__(self, settings, *, client=None) -> None:
         super().__init__(settings)
@@ -87,9 +104,13 @@ class S3Source(Source):
         if client is None:
             config, why = s3api.config_from_env()
             if config is not None:
-                self._api = s3api.Api(config)
+                self._api = s3api.Api(config, connect_timeout=self._connect_timeout)
             else:
                 log.debug("S3 through boto3: %s", why)
+
+    @property
+    def _connect_timeout(self) -> float:
+        return getattr(self.settings, "connect_timeout", None) or _http.CONNECT_TIMEOUT
 
     @property
     def client(self):
@@ -98,8 +119,8 @@ class S3Source(Source):
             import boto3
             from botocore.config import Config
 
-            cfg = Config(retries={"max_attempts": 6, "mode": "standard"}, connect_timeout=10, read_timeout=60,
-                         signature_version="s3v4")
+            cfg = Config(retries={"max_attempts": 6, "mode": "standard"}, connect_timeout=self._connect_timeout,
+                         read_timeout=60, signature_version="s3v4")
             # AWS_REGION (the AWS SDKs' standard variable) as s3api reads it; botocore reads only
             # AWS_DEFAULT_REGION and the config file
             region = os.environ.get("AWS_REGION") or None

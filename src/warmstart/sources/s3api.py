@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import http.client
 import os
-import random
 import re
 import ssl
 import time
@@ -37,6 +36,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 
 from .. import _http
+from .._retry import METADATA, Retry
 from ..errors import TransferError
 
 #: the settings of an AWS config-file profile that this client implements (or that do not concern S3)
@@ -50,8 +50,14 @@ _DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _RETRY_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
                 "ThrottlingException", "RequestLimitExceeded"}
-MAX_ATTEMPTS = 6
+MAX_ATTEMPTS = 6  #: S3 asks clients to retry SlowDown patiently (the AWS SDKs' standard mode: 6 tries)
 BACKOFF_S = 0.1  #: first retry delay; doubled per attempt (up to 5 s), with jitter
+CONNECTION_ATTEMPTS = 3  #: a connection that fails (reset, timed out) three times: the endpoint is down
+
+
+def retry_policy() -> Retry:
+    """The metadata policy, with S3's patience for throttling."""
+    return dataclasses.replace(METADATA, attempts=MAX_ATTEMPTS, base_s=BACKOFF_S, cap_s=5.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,9 +208,10 @@ class S3Error(Exception):
 class Api:
     """``ListObjectsV2`` and ``HeadObject`` with bounded retries (5xx, SlowDown, lost connections)."""
 
-    def __init__(self, config: Config, *, timeout: float = 30.0, sleep=time.sleep) -> None:
+    def __init__(self, config: Config, *, timeout: float = 30.0, connect_timeout: float = _http.CONNECT_TIMEOUT,
+                 sleep=time.sleep) -> None:
         self.config = config
-        self._client = _http.Client(timeout=timeout)
+        self._client = _http.Client(timeout=timeout, connect_timeout=connect_timeout)
         self._sleep = sleep
 
     def close(self) -> None:
@@ -260,12 +267,14 @@ class Api:
 
     def _call(self, method: str, bucket: str, key: str, query: dict[str, str]):
         """The body (GET) or the headers (HEAD) of a 2xx answer; S3Error otherwise."""
+        retry = retry_policy()
         redirected, attempt = False, 0
         while True:
             url = presign(method, self.config.url(bucket, key), query, self.config.credentials,
                           self.config.region, 900)
             if self.config.ca_bundle:
                 _http.trust_ca_bundle(url, self.config.ca_bundle)
+            retry_after = None
             try:
                 resp = self._client.request(method, url)
                 body = _http.read_bounded(  # b"" for HEAD
@@ -280,7 +289,8 @@ class Api:
             except (OSError, http.client.HTTPException) as exc:
                 self._client.drop(url)
                 error = S3Error(0, type(exc).__name__, str(exc))
-                if attempt >= 2:  # an endpoint that is down stays down: give up after three tries
+                # refused, unresolvable, unroutable: at once; an endpoint that keeps failing: after three
+                if retry.gives_up(exc) or attempt >= CONNECTION_ATTEMPTS - 1:
                     raise error from None
             else:
                 if 200 <= resp.status < 300:
@@ -295,10 +305,18 @@ class Api:
                     continue
                 if not (resp.status >= 500 or resp.status == 429 or error.code in _RETRY_CODES):
                     raise error
-                if attempt == MAX_ATTEMPTS - 1:
+                if retry.last(attempt):
                     raise error
-            self._sleep(min(BACKOFF_S * 2 ** attempt, 5.0) * random.uniform(0.5, 1.0))
+                retry_after = _seconds(resp.getheader("Retry-After"))
+            self._sleep(retry.delay(attempt, retry_after=retry_after))
             attempt += 1
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value or "")
+    except ValueError:
+        return None
 
 
 def _parse_error(status: int, body: bytes) -> S3Error:
