@@ -62,9 +62,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from . import _http
-from ._io import start_writeback
-from .errors import CacheFullError, IntegrityError, NotFoundError, TransferError, WarmstartError
+from .. import _http
+from .._io import start_writeback
+from ..errors import CacheFullError, IntegrityError, NotFoundError, TransferError, WarmstartError
 from .partial import PartialFile as _File
 from .partial import git_hasher, merge, preallocate
 

@@ -25,11 +25,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import _http
-from .errors import CacheFullError
+from .. import _http
+from ..errors import CacheFullError
 
 if TYPE_CHECKING:
-    from .transfer import FileJob
+    from .engine import FileJob
 
 STATE_VERSION = 1
 
