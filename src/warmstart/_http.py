@@ -5,25 +5,28 @@ Written by hand rather than with requests/httpx because the transfer engine's ho
 ``warmstart pull`` on a warm cache must start in milliseconds (these libraries cost 100+ ms to import).
 
 >>> c = Client()
->>> # resp = c.request("GET", "http://127.0.0.1:8000/x", {"Range": "bytes=0-9"})   # doctest: +SKIP
+>>> resp = c.request("GET", "http://127.0.0.1:8000/x", {"Range": "bytes=0-9"})   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import base64
 import errno
 import http.client
-import ipaddress
 import json
-import os
 import re
 import socket
 import ssl
 import time
 import urllib.parse
 
-from ._redact import redact_url
-from .errors import TransferError
+from ._proxy import proxy_for, redact_userinfo
+from ._urls import URL_SAFE, check_url, host_key, printable, redact
+from .errors import ConfigError, TransferError
+
+# re-exported: callers reach the whole client through this module
+__all__ = ["Client", "HTTPStatusError", "check_url", "connect", "content_length", "drain", "headers_of",
+           "host_key", "is_connection_error", "load_json", "parse_content_range", "printable", "proxy_for",
+           "read_bounded", "readinto_some", "redact", "redact_userinfo", "trust_ca_bundle"]
 
 USER_AGENT = "warmstart/0.1"
 #: the default bound of a metadata answer (a listing page, a manifest, a revision's JSON)
@@ -56,8 +59,6 @@ def trust_ca_bundle(url: str, cafile: str) -> None:
         try:
             _host_contexts[key] = ssl.create_default_context(cafile=cafile)
         except (OSError, ssl.SSLError) as exc:
-            from .errors import ConfigError
-
             raise ConfigError(f"cannot load the CA bundle {cafile} ({exc}); fix or unset AWS_CA_BUNDLE") from None
 
 
@@ -84,135 +85,6 @@ class HTTPStatusError(Exception):
             return None
 
 
-def redact(url: str) -> str:
-    """The URL as it may be printed: no query string (signed URLs carry credentials there), fragment
-    or ``user:password@`` (see ``warmstart._redact``)."""
-    return redact_url(url)
-
-
-def host_key(url: str) -> tuple[str, str]:
-    p = urllib.parse.urlsplit(url)
-    return p.scheme, p.netloc
-
-
-def printable(text: str, limit: int = 120) -> str:
-    """``text`` cut to ``limit`` characters, control characters escaped: safe in a one-line message."""
-    text = text[:limit] + ("…" if len(text) > limit else "")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-_URL_SAFE = "".join(chr(c) for c in range(33, 127)) + "".join(chr(c) for c in range(32)) + "\x7f"
-
-
-def check_url(url: str, *, what: str = "URL") -> str:
-    """``url`` if it is ``http(s)://HOST[:PORT]/…`` that the client can request; else a one-line
-    TransferError. Guards every redirect target: ``file://``, ``ftp://``, a malformed IPv6 host or port,
-    whitespace or control characters are refused, never followed.
-
-    >>> check_url("https://cdn.example/x?sig=1")
-    'https://cdn.example/x?sig=1'
-    >>> check_url("file:///etc/passwd", what="redirect")
-    Traceback (most recent call last):
-    ...
-    warmstart.errors.TransferError: refused a redirect to file:///etc/passwd: only http:// and https:// URLs with a host are followed; the origin is misconfigured or hostile
-    """
-    why = None
-    try:
-        p = urllib.parse.urlsplit(url)
-        p.port  # noqa: B018 - raises ValueError for a malformed port
-        if p.scheme not in ("http", "https") or not p.hostname:
-            why = "only http:// and https:// URLs with a host are followed"
-        elif not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
-            why = "it holds whitespace, control or non-ASCII characters"
-    except ValueError as exc:
-        why = f"it is malformed ({exc})"
-    if why:
-        raise TransferError(f"refused a {what} to {printable(redact(url))}: {why}; the origin is misconfigured "
-                            "or hostile")
-    return url
-
-
-def content_length(value: str | None) -> int | None:
-    """A Content-Length header as an int, or None when absent or not a plain non-negative number.
-
-    >>> content_length("13"), content_length("abc"), content_length("-1"), content_length("²")
-    (13, None, None, None)
-    """
-    value = (value or "").strip()
-    if not value or len(value) > 19 or not value.isascii() or not value.isdigit():
-        return None
-    return int(value)
-
-
-# -- forward proxies --------------------------------------------------------------------------------
-def proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
-    """The forward proxy for ``scheme://host`` from the environment, as curl and requests read it:
-    ``https_proxy`` / ``http_proxy``, then ``all_proxy`` (lower case first, then upper case), unless
-    ``no_proxy`` lists the host (``*``, a name and its subdomains, an IP or a CIDR range). Loopback
-    hosts never go through a proxy. Returns (proxy host, port, Proxy-Authorization header) or None."""
-    def env(name: str) -> str:
-        return os.environ.get(name) or os.environ.get(name.upper()) or ""
-
-    names = [f"{scheme}_proxy", "all_proxy"]
-    name = next((n for n in names if env(n)), None)
-    if name is None or _is_loopback(host) or _no_proxy(host, env("no_proxy")):
-        return None
-    value = env(name).strip()
-    p = urllib.parse.urlsplit(value if "://" in value else "http://" + value)
-    try:
-        port = p.port or 80
-    except ValueError:
-        port = 0
-    if p.scheme != "http" or not p.hostname or not port:
-        from .errors import ConfigError
-
-        raise ConfigError(f"{name.upper()}={redact_userinfo(value)} is not supported: give an http:// proxy "
-                          "(http://HOST:PORT, with user:password@ if it needs them), or unset it")
-    headers = {}
-    if p.username is not None:
-        creds = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
-        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
-    return p.hostname, port, headers
-
-
-def redact_userinfo(url: str) -> str:
-    """``http://user:secret@host`` -> ``http://***@host``."""
-    head, sep, tail = url.rpartition("@")
-    return f"{head.split('://')[0]}://***@{tail}" if sep and "://" in head else ("***@" + tail if sep else url)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _no_proxy(host: str, value: str) -> bool:
-    host = host.lower().rstrip(".")
-    for entry in value.replace(" ", ",").split(","):
-        entry = entry.strip().lower()
-        if not entry:
-            continue
-        if entry == "*":
-            return True
-        if "/" in entry:  # a CIDR range
-            try:
-                if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
-                    return True
-            except ValueError:
-                pass
-            continue
-        if entry.startswith("[") and "]" in entry:  # [IPv6]:port
-            entry = entry[1:entry.index("]")]
-        elif entry.count(":") == 1:  # host:port: the port is not compared
-            entry = entry.split(":")[0]
-        entry = entry.lstrip(".").rstrip(".")
-        if host == entry or host.endswith("." + entry):
-            return True
-    return False
 
 
 def connect(scheme: str, netloc: str, timeout: float,
@@ -356,13 +228,26 @@ class Client:
                 except ValueError:  # e.g. a malformed IPv6 host: urljoin parses the target
                     url = location
                 # non-ASCII characters and spaces percent-encoded, as browsers and requests do
-                url = urllib.parse.quote(url, safe=_URL_SAFE)
+                url = urllib.parse.quote(url, safe=URL_SAFE)
                 check_url(url, what="redirect")
                 if host_key(url) != origin:
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 continue
             return url, resp
         raise HTTPStatusError(310, url)
+
+
+def content_length(value: str | None) -> int | None:
+    """A Content-Length header as an int, or None when absent or not a plain non-negative number.
+
+    >>> content_length("13"), content_length("abc"), content_length("-1"), content_length("²")
+    (13, None, None, None)
+    """
+    value = (value or "").strip()
+    if not value or len(value) > 19 or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
+
 
 
 def drain(resp: http.client.HTTPResponse, limit: int = 1 << 16) -> bytes:

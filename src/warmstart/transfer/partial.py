@@ -8,11 +8,6 @@
 The state is saved (atomically: write, then rename) by the engine every 0.25 s, with the progress of
 chunks still in flight, so after ``kill -9`` at most ~0.25 s of transfer is fetched again. A state
 that does not match the job (another size or digest) is ignored and the file starts afresh.
-
->>> merge([[0, 4], [4, 8], [10, 12]])
-[[0, 8], [10, 12]]
->>> missing([[0, 8], [10, 12]], 16)
-[[8, 10], [12, 16]]
 """
 
 from __future__ import annotations
@@ -23,38 +18,13 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import _http
-from .errors import CacheFullError
-
-if TYPE_CHECKING:
-    from .transfer import FileJob
+from .._urls import redact
+from ..errors import CacheFullError
+from .job import FileJob
+from .plan import Span, SpanPlan
 
 STATE_VERSION = 1
-
-
-def merge(intervals: list[list[int]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for a, b in sorted(intervals):
-        if b <= a:
-            continue
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return out
-
-
-def missing(done: list[list[int]], size: int) -> list[list[int]]:
-    gaps, pos = [], 0
-    for a, b in done:
-        if a > pos:
-            gaps.append([pos, a])
-        pos = max(pos, b)
-    if pos < size:
-        gaps.append([pos, size])
-    return gaps
 
 
 class PartialFile:
@@ -72,9 +42,7 @@ class PartialFile:
         self.stream = False
         self.url = job.url
         self.headers = dict(job.headers)
-        self.done: list[list[int]] = []
-        self.pending: list[list[int]] = []
-        self.inflight: list[list[int]] = []  # [start, pos, end] per running chunk
+        self.plan = SpanPlan(0)  # the ranges of a ranged download (see open_resumable)
         self.hasher = hashlib.sha256()
         self.git = git_hasher(job)
         self.hashed = 0
@@ -82,7 +50,7 @@ class PartialFile:
         self.integrity_retries = 0
         self.downloaded = 0
         self.resumed = 0
-        self.room = 0  # bytes of the budget's room a file of unknown size has taken (see Transfer._take_room)
+        self.room = 0  # bytes of the budget's room a file of unknown size has taken (see stream.take_room)
         self.dirty = False
         self.finished = False
 
@@ -91,35 +59,60 @@ class PartialFile:
         if self.git is not None:
             self.git.update(data)
 
+    def restart_hashes(self) -> None:
+        self.hasher, self.git, self.hashed = hashlib.sha256(), git_hasher(self.job), 0
+
     def contiguous(self) -> int:
         """End of the written prefix [0, n), counting the progress of chunks still in flight."""
-        spans = merge(self.done + [[s, p] for s, p, _ in self.inflight if p > s])
-        return spans[0][1] if spans and spans[0][0] == 0 else 0
+        return self.plan.contiguous()
+
+    @property
+    def on_disk(self) -> bool:
+        """A ranged download with every byte written (only the hash may be left to do)."""
+        return not self.stream and self.plan.settled
 
     def state(self) -> dict:
-        spans = self.done + [[s, p] for s, p, _ in self.inflight if p > s]
-        return {"version": STATE_VERSION, "url": _http.redact(self.job.url), "size": self.size,
-                "sha256": self.job.sha256, "done": merge([list(x) for x in spans])}
+        return {"version": STATE_VERSION, "url": redact(self.job.url), "size": self.size,
+                "sha256": self.job.sha256, "done": [[s.start, s.end] for s in self.plan.written()]}
 
     def open_resumable(self) -> None:
         """Open the partial file, keeping the ranges a previous run saved (if they match this job)."""
         size = self.size or 0
-        done: list[list[int]] = []
+        done: list[Span] = []
         try:
             state = json.loads(self.state_path.read_text())
             st = os.stat(self.part)
             if (state.get("version") == STATE_VERSION and state.get("size") == size
                     and state.get("sha256") == self.job.sha256 and st.st_size == size):
-                done = merge([[int(a), int(b)] for a, b in state["done"] if 0 <= a < b <= size])
+                done = [Span(int(a), int(b)) for a, b in state["done"] if 0 <= a < b <= size]
         except (OSError, ValueError, KeyError, TypeError):
             done = []
         self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
         if not done:
             os.ftruncate(self.fd, 0)
             preallocate(self.fd, size, self.part)
-        self.done = done
-        self.pending = missing(done, size)
-        self.resumed = sum(b - a for a, b in done)
+        self.plan = SpanPlan(size, done)
+        self.resumed = sum(s.size for s in self.plan.done)
+
+    def reopen_empty(self) -> None:
+        """Start the ranged download over: an empty, preallocated file, every byte wanted."""
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        preallocate(self.fd, self.size or 0, self.part)
+        self.plan.restart()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def remove(self) -> None:
+        """Close and delete the partial file and its state."""
+        self.close()
+        for p in (self.part, self.state_path):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
 
     def save(self) -> None:
         _atomic_write(self.state_path, json.dumps(self.state()))
