@@ -13,7 +13,7 @@ from tests.hostile.test_oci import TGZ, EvilRegistry, tar_of
 from warmstart.config import Settings
 from warmstart.errors import CacheFullError, InUseError
 from warmstart.pipeline import PullOptions, pull
-from warmstart.refs import parse
+from warmstart.sources.registry import parse
 
 MiB = 1 << 20
 
