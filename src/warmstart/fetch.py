@@ -13,8 +13,8 @@ import logging
 import time
 from pathlib import Path
 
-from .cache.index import FileEntry
-from .cache.manager import DISK_RESERVE, Cache
+from .cache.home import DISK_RESERVE, Cache
+from .cache.index import IndexedFile
 from .cache.views import hub_snapshot_dir, hub_view, plain_view, source_view, view_is_complete
 from .config import Settings
 from .errors import NotFoundError, OfflineError, ReadOnlyCacheError
@@ -45,7 +45,7 @@ def _key(ref: Ref) -> str:
     return str(ref.with_revision(None))
 
 
-def _finish(cache: Cache, ref: Ref, revision: str, files: list[FileEntry], opts: PullOptions,
+def _finish(cache: Cache, ref: Ref, revision: str, files: list[IndexedFile], opts: PullOptions,
             t0: float, downloaded: int = 0, refs: dict[str, str] | None = None,
             reused: int | None = None) -> Snapshot:
     files = [f for f in files if _selected(f.path, opts)]
@@ -88,7 +88,7 @@ def from_cache(cache: Cache, ref: Ref, opts: PullOptions, t0: float, *, notice: 
 def pull(ref: Ref, settings: Settings, opts: PullOptions, *, cache: Cache | None = None) -> Snapshot:
     """See :func:`warmstart.pull`."""
     t0 = time.monotonic()
-    cache = cache or Cache(settings.home, max_size=settings.max_size)
+    cache = cache or Cache(settings.home, max_size=settings.max_size, shared_dir=settings.shared_dir)
     if ref.pinned:  # an immutable revision that is cached needs no request at all
         snap = from_cache(cache, ref, opts, t0, notice=None)
         if snap is not None:
@@ -138,10 +138,7 @@ def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOpt
         files = list(entries.values())
         _record(cache, _key(ref), listing.revision, entries)
     else:
-        if settings.shared_dir is not None:  # the shared tier before the origin (cache/tiers.py)
-            from .cache.tiers import shared_fetch_many
-
-            shared_fetch_many(cache, settings.shared_dir, chosen)
+        cache.fill_from_shared(chosen)  # the shared tier before the origin (cache/tiers/shared.py)
         entries, downloaded, held = _fetch(cache, ref, chosen, settings, opts)
         try:  # the lease is held until the snapshot is recorded
             files = [entries[f.path] for f in chosen]
@@ -156,7 +153,7 @@ def _download(cache: Cache, ref: Ref, listing, settings: Settings, opts: PullOpt
     return _finish(cache, ref, listing.revision, files, opts, t0, downloaded, refs, reused)
 
 
-def _record(cache: Cache, key: str, revision: str, entries: dict[str, FileEntry]) -> None:
+def _record(cache: Cache, key: str, revision: str, entries: dict[str, IndexedFile]) -> None:
     """Record the union of what this revision has in the cache (include/exclude pull parts of it)."""
     row = cache.snapshot(key, revision)
     known = {f.path: f for f in cache.index.snapshot_files(row.id)} if row else {}
@@ -171,13 +168,13 @@ def _fetch(cache: Cache, ref: Ref, chosen: list, settings: Settings, opts: PullO
     from .cache.leases import acquire as lease
     from .transfer import FileJob, Transfer
 
-    entries: dict[str, FileEntry] = {}
+    entries: dict[str, IndexedFile] = {}
     jobs: list[FileJob] = []
     by_key: dict[str, list] = {}
     for f in chosen:
         digest = f.sha256 or cache.digest_for_key(f.key)
         if digest and cache.store.has(digest, f.size):
-            entries[f.path] = FileEntry(f.path, digest, cache.store.path(digest).stat().st_size, f.etag,
+            entries[f.path] = IndexedFile(f.path, digest, cache.store.path(digest).stat().st_size, f.etag,
                                         f.git_oid)
             continue
         if f.key in by_key:  # the same content twice in one model: fetch it once
@@ -194,12 +191,10 @@ def _fetch(cache: Cache, ref: Ref, chosen: list, settings: Settings, opts: PullO
         digest = result.digest or (result.job.sha256 or "")
         if result.path is not None:
             cache.store.publish(result.path, digest)
-            if settings.shared_dir is not None:  # publish to the shared tier (cache/tiers.py)
-                from .cache.tiers import shared_publish, shared_publish_key
-
-                published = shared_publish(settings.shared_dir, cache.store.path(digest), digest)
+            if cache.shared is not None:  # publish to the shared tier (cache/tiers/shared.py)
+                published = cache.shared.publish(cache.store.path(digest), digest)
                 if published and not result.job.sha256 and result.job.git_oid:  # readers check the git oid
-                    shared_publish_key(settings.shared_dir, result.job.key, digest)
+                    cache.shared.publish_key(result.job.key, digest)
             cache.index.add_blob(digest, result.size)
             if not result.job.sha256:
                 cache.index.set_key(result.job.key, digest, result.size)
@@ -208,7 +203,7 @@ def _fetch(cache: Cache, ref: Ref, chosen: list, settings: Settings, opts: PullO
         if not cache.store.has(digest):
             raise NotFoundError(f"{result.job.name}: another process's download vanished; pull again")
         for f in by_key[result.job.key]:
-            entries[f.path] = FileEntry(f.path, digest, result.size or f.size or 0, f.etag, f.git_oid)
+            entries[f.path] = IndexedFile(f.path, digest, result.size or f.size or 0, f.etag, f.git_oid)
 
     def is_done(job) -> bool:
         digest = job.sha256 or cache.digest_for_key(job.key)

@@ -74,14 +74,14 @@ class LocalSource(Source):
 
     def materialize(self, listing, files, cache, settings, opts):
         """Import (or index in place) ``files``; see the module docstring."""
-        from ..cache.index import FileEntry
+        from ..cache.index import IndexedFile
 
         in_place = bool(getattr(opts, "in_place", False))
         todo, entries = [], []
         for f in files:
             digest = cache.digest_for_key(_key(f, in_place))
             if digest and cache.store.has(digest, f.size):
-                entries.append(FileEntry(f.path, digest, f.size or 0, f.etag))
+                entries.append(IndexedFile(f.path, digest, f.size or 0, f.etag))
             else:
                 todo.append(f)
         if todo and not in_place:
@@ -91,7 +91,7 @@ class LocalSource(Source):
             progress.start(sum(f.size or 0 for f in todo), len(todo))
         lock = threading.Lock()
 
-        def one(f: RemoteFile) -> FileEntry:
+        def one(f: RemoteFile) -> IndexedFile:
             src = Path(f.url[len("file://"):]) if f.url.startswith("file://") else Path(f.url)
             digest = _index_in_place(cache, src) if in_place else _import(cache, src)
             with lock:
@@ -100,7 +100,7 @@ class LocalSource(Source):
             if progress is not None:
                 progress.advance(f.size or 0)
                 progress.file_done()
-            return FileEntry(f.path, digest, f.size or 0, f.etag)
+            return IndexedFile(f.path, digest, f.size or 0, f.etag)
 
         with ThreadPoolExecutor(max(1, min(WORKERS, len(todo)))) as pool:
             entries.extend(pool.map(one, todo))
@@ -135,7 +135,7 @@ def _walk(root: Path, skip: set[str] = frozenset()):
 
 def _import(cache, src: Path) -> str:
     """Hash ``src`` while copying (or linking) it into a temporary file; publish it under its digest."""
-    from ..cache.store import _copy, sha256_file
+    from ..cache.store import copy_file, sha256_file
 
     tmp = cache.layout.tmp / f"import-{uuid.uuid4().hex}"
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +146,7 @@ def _import(cache, src: Path) -> str:
 
         def copy() -> None:
             try:
-                _copy(src, tmp)
+                copy_file(src, tmp)
             except BaseException as exc:  # noqa: BLE001 - re-raised below
                 err.append(exc)
 

@@ -155,7 +155,7 @@ class OciSource(Source):
         the cache): files unpacked from a tar fetched now are not "from the cache"."""
         if not any(getattr(f, "kind", "raw") == "tar" for f in files):
             return None
-        from ..cache.index import FileEntry
+        from ..cache.index import IndexedFile
         from ..transfer import FileJob, Transfer
 
         row = cache.snapshot(self.key(listing.ref), listing.revision)
@@ -163,12 +163,12 @@ class OciSource(Source):
             known = cache.index.snapshot_files(row.id)
             if known and cache.complete(known):
                 return known, 0, sum(f.size for f in known)
-        entries: list[FileEntry] = []
+        entries: list[IndexedFile] = []
         reused = 0
         jobs = []
         for f in files:
             if f.kind == "raw" and cache.store.has(f.sha256 or "", f.size):
-                entries.append(FileEntry(f.path, f.sha256 or "", f.size or 0, f.etag))
+                entries.append(IndexedFile(f.path, f.sha256 or "", f.size or 0, f.etag))
                 reused += f.size or 0
             else:
                 jobs.append(FileJob(f.path, f.url, f.key, f.size, f.sha256, dict(f.headers), f.ranges))
@@ -187,7 +187,7 @@ class OciSource(Source):
                 cache.store.publish(result.path, result.digest)
                 cache.index.add_blob(result.digest, result.size)
                 with lock:
-                    entries.append(FileEntry(f.path, result.digest, result.size, f.etag))
+                    entries.append(IndexedFile(f.path, result.digest, result.size, f.etag))
             else:
                 aside = cache.layout.tmp / f"oci-layer-{uuid.uuid4().hex}.tar"
                 os.replace(result.path, aside)
@@ -326,7 +326,7 @@ def scan_tar(path: Path, layer: str, compression: str, limit: int) -> int:
 
 def _room(cache) -> int:
     """The most bytes a layer may unpack to: the budget, else the free disk above the reserve."""
-    from ..cache.manager import DISK_RESERVE
+    from ..cache.home import DISK_RESERVE
 
     if cache.max_size is not None:
         return cache.max_size
@@ -367,7 +367,7 @@ def unpack_tar(cache, tar_path: Path, layer: str, compression: str = "", *, take
     the scan counted, names are checked (:func:`~warmstart.sources.base.safe_relpath`, no duplicates,
     no collision with a raw layer, see :func:`_check_names`), and only then is anything published.
     A failure removes what was written."""
-    from ..cache.index import FileEntry
+    from ..cache.index import IndexedFile
 
     taken = {} if taken is None else taken
     allowed = scan_tar(tar_path, layer, compression, _room(cache))
@@ -386,7 +386,7 @@ def unpack_tar(cache, tar_path: Path, layer: str, compression: str = "", *, take
             else:
                 cache.store.publish(tmp, digest)
             cache.index.add_blob(digest, size)
-            out.append(FileEntry(name, digest, size, digest))
+            out.append(IndexedFile(name, digest, size, digest))
         return out
     finally:
         for _, tmp, _, _ in written:
