@@ -54,7 +54,8 @@ class IndexedFile:
 @dataclasses.dataclass(frozen=True)
 class SnapshotRow:
     """One recorded snapshot: ``source`` (the ref without revision) at ``revision``; ``kind`` is
-    ``source`` or ``derived`` (a conversion's output), ``meta`` a derived snapshot's JSON."""
+    ``source`` or ``derived`` (a conversion's output, whose ``parent`` is the snapshot it was made from and
+    ``meta`` its JSON description)."""
 
     id: int
     source: str
@@ -122,18 +123,10 @@ class Index:
             return self._db.execute(sql, tuple(params)).fetchall()
 
     # -- blobs ---------------------------------------------------------------------------------
-    def add_blob(self, digest: str, size: int, *, verified: bool = True) -> None:
-        now = time.time()
+    def add_blob(self, digest: str, size: int) -> None:
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO blobs(digest, size, created, verified) VALUES(?,?,?,?) "
-                "ON CONFLICT(digest) DO UPDATE SET verified=excluded.verified",
-                (digest, size, now, now if verified else None),
-            )
-
-    def set_verified(self, digest: str) -> None:
-        with self._transaction() as db:
-            db.execute("UPDATE blobs SET verified=? WHERE digest=?", (time.time(), digest))
+            db.execute("INSERT INTO blobs(digest, size, created) VALUES(?,?,?) ON CONFLICT(digest) DO NOTHING",
+                       (digest, size, time.time()))
 
     def forget_blob(self, digest: str) -> None:
         """Drop a blob's row unless a snapshot names it again (it was removed from disk)."""
@@ -158,8 +151,7 @@ class Index:
         now = time.time()
         with self._transaction() as db:
             for f in files:
-                db.execute("INSERT OR IGNORE INTO blobs(digest, size, created, verified) VALUES(?,?,?,?)",
-                           (f.digest, f.size, now, now))
+                db.execute("INSERT OR IGNORE INTO blobs(digest, size, created) VALUES(?,?,?)", (f.digest, f.size, now))
             row = db.execute("SELECT id FROM snapshots WHERE source=? AND revision=?", (source, revision)).fetchone()
             if row:
                 sid = row[0]

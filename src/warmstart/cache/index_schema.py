@@ -24,16 +24,16 @@ from ..errors import CacheFullError, CacheIndexError, ReadOnlyCacheError, Warmst
 
 log = logging.getLogger(__name__)
 
-#: 2: ``files.git_oid`` (the git blob id the origin listed for a file without a sha256)
-SCHEMA_VERSION = 2
+#: 2: ``files.git_oid`` (the git blob id the origin listed for a file without a sha256);
+#: 3: no ``blobs.verified``, ``blobs.tier`` (never read; an older index keeps them, nullable or defaulted,
+#: and nothing writes them)
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs(
     digest TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
-    created REAL NOT NULL,
-    verified REAL,
-    tier TEXT NOT NULL DEFAULT 'disk'
+    created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshots(
     id INTEGER PRIMARY KEY,

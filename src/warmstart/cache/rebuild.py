@@ -49,7 +49,7 @@ def rebuild_index(cache: Cache) -> RebuildReport:
     index = cache.index  # a fresh, empty one
     blobs = 0
     for digest, st in scan_blobs(cache.layout.blobs):
-        index.add_blob(digest, st.st_size, verified=False)
+        index.add_blob(digest, st.st_size)
         blobs += 1
     snapshots = 0
     for source, revision, files, refs in read_views(cache.layout):

@@ -79,8 +79,6 @@ def verify_snapshots(cache: Cache, rows: list[SnapshotRow], *, repair: bool = Fa
         elif state == "corrupt":
             corrupt.append(d)
             quarantined.append(str(_quarantine(cache, d)))
-        else:
-            cache.index.set_verified(d)
     repaired = []
     bad = set(corrupt) | set(missing)
     if repair and bad:
