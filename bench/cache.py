@@ -27,11 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from warmstart.cache import tiers  # noqa: E402
-from warmstart.cache.index import FileEntry  # noqa: E402
-from warmstart.cache.ops import Manager  # noqa: E402
+from warmstart.cache.index import IndexedFile  # noqa: E402
+from warmstart.cache.manage import CacheManager  # noqa: E402
 from warmstart.cache.store import cpu_count  # noqa: E402
-from warmstart.cache.tiers import shared_fetch_many  # noqa: E402
+from warmstart.cache.tiers import verified_copy  # noqa: E402
 from warmstart.config import Settings  # noqa: E402
 
 MB = 1 << 20
@@ -49,12 +48,12 @@ def _drop_cache(path: Path) -> None:
 
 def bench_ls(root: Path, runs: int) -> dict:
     home = root / "ls-home"
-    m = Manager.open(Settings.from_env({"WARMSTART_HOME": str(home)}))
+    m = CacheManager.open(Settings.from_env({"WARMSTART_HOME": str(home)}))
     for i in range(1000):
         digests = [m.store.put_bytes(f"{i}-{j}".encode() * 64) for j in range(3)]
         shared = m.store.put_bytes(b"shared tokenizer" * 64)
-        files = [FileEntry(f"model-{j}.safetensors", d, 64 * len(f"{i}-{j}"), None) for j, d in enumerate(digests)]
-        files.append(FileEntry("tokenizer.json", shared, 16 * 64, None))
+        files = [IndexedFile(f"model-{j}.safetensors", d, 64 * len(f"{i}-{j}"), None) for j, d in enumerate(digests)]
+        files.append(IndexedFile("tokenizer.json", shared, 16 * 64, None))
         m.index.add_snapshot(f"hf://bench/model-{i // 4}", f"{i:040x}", files)
     exe = [sys.executable, "-m", "warmstart.cli", "ls"]
     env = dict(os.environ, WARMSTART_HOME=str(home))
@@ -113,7 +112,7 @@ def bench_shared(root: Path, blob_mb: int, blobs: int, runs: int) -> dict:
     origin's byte counter shows what came from the origin instead of the shared tier, and every file of
     the snapshot is hashed and compared with the origin's sha256.
 
-    Diagnostic, not a pull: ``shared_fetch_many`` (the internal copy) in-process, with and without fsync,
+    Diagnostic, not a pull: ``fill_from_shared`` (the internal copy) in-process, with and without fsync,
     to show what the fsync costs; a whole pull has no switch for it."""
     from bench.download import LLAMA_ID, WARMSTART, Origin, base_env, run_child, verify_output
 
@@ -158,16 +157,16 @@ def bench_shared(root: Path, blob_mb: int, blobs: int, runs: int) -> dict:
 
         def fetch(fsync: bool) -> float:
             home = root / "node-c"
-            c = Manager.open(Settings.from_env({"WARMSTART_HOME": str(home)}))
+            c = CacheManager.open(Settings.from_env({"WARMSTART_HOME": str(home), "WARMSTART_SHARED_DIR": str(shared)}))
             c.index.total_blob_bytes()  # open (create) the index outside the timing
             _cold(shared)
-            tiers.FSYNC = fsync
+            verified_copy.FSYNC = fsync
             try:
                 t0 = time.perf_counter()
-                got = shared_fetch_many(c, shared, files)
+                got = c.fill_from_shared(files)
                 dt = time.perf_counter() - t0
             finally:
-                tiers.FSYNC = True
+                verified_copy.FSYNC = True
                 c.close()
                 shutil.rmtree(home)
             assert got == fetch_total
@@ -204,12 +203,12 @@ def bench_verify(root: Path, blob_mb: int, blobs: int, runs: int) -> dict:
     Measured: ``verify`` of the same bytes as blobs, warm (just written) and cold (dropped)."""
     cores = cpu_count()
     blobs = max(blobs, 2 * cores)  # whole blobs per thread: sha256 of one blob cannot be split
-    m = Manager.open(Settings.from_env({"WARMSTART_HOME": str(root / "verify-home")}))
+    m = CacheManager.open(Settings.from_env({"WARMSTART_HOME": str(root / "verify-home")}))
     entries, datas = [], []
     for i in range(blobs):
         data = os.urandom(blob_mb * MB)
         datas.append(data)
-        entries.append(FileEntry(f"w{i}.safetensors", m.store.put_bytes(data), len(data), None))
+        entries.append(IndexedFile(f"w{i}.safetensors", m.store.put_bytes(data), len(data), None))
     m.index.add_snapshot("hf://bench/verify", "f" * 40, entries)
     total = sum(len(d) for d in datas)
 
@@ -273,7 +272,7 @@ def main() -> None:
           f"| {sh['shared_pull_MBps']:.0f} MB/s ({sh['shared_pull_s']:.2f} s) | {sh['shared_seq_read_MBps']:.0f} MB/s "
           f"cold read of the same blobs (1 stream {sh['seq_read_1_stream_MBps']:.0f}, {c} threads "
           f"{sh[f'seq_read_{c}_threads_MBps']:.0f}) | {sh['ratio']:.2f}x |")
-    print(f"| diagnostic: the internal copy (shared_fetch_many, in-process), with fsync | "
+    print(f"| diagnostic: the internal copy (fill_from_shared, in-process), with fsync | "
           f"{sh['diagnostic_fetch_fsync_MBps']:.0f} MB/s | same | {sh['diagnostic_ratio_fetch_fsync']:.2f}x |")
     print(f"| diagnostic: the same without fsync | {sh['diagnostic_fetch_nofsync_MBps']:.0f} MB/s | same | "
           f"{sh['diagnostic_ratio_fetch_nofsync']:.2f}x |")

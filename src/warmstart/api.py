@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import pipeline
-from .cache.manager import Cache
+from .cache.home import Cache
 from .config import Settings
 from .errors import ConfigError, NotFoundError
 from .refs import is_path
@@ -86,7 +86,7 @@ def pull(
     c = Cache.from_settings(settings)
     if c.memory is None:
         raise ConfigError("--tier memory needs a RAM tier: set WARMSTART_MEMORY_DIR (e.g. /dev/shm/warmstart)")
-    view = c.memory.promote(c, *snap.ref.rpartition("@")[::2], snap.files)
+    view = c.memory.promote(*snap.ref.rpartition("@")[::2], snap.files)
     return snap if to else dataclasses.replace(snap, path=view)
 
 
@@ -119,7 +119,7 @@ def _leased_weights(snap: Snapshot, settings: Settings, tier: str | None) -> lis
         in_ram = all(c.memory.has(f.digest, f.size) for f in snap.files)
         if tier == "memory" or in_ram:
             source, _, revision = snap.ref.rpartition("@")
-            return weight_files(c.memory.promote(c, source, revision, snap.files))
+            return weight_files(c.memory.promote(source, revision, snap.files))
     elif tier == "memory":
         raise ConfigError("tier='memory' needs a RAM tier: set WARMSTART_MEMORY_DIR (e.g. /dev/shm/warmstart)")
     return weight_files(snap.cache_path or snap.path)
@@ -190,15 +190,15 @@ def load_into(module: Any, path_or_ref: str | os.PathLike, *, device: str = "cpu
 
 
 def cache(*, settings: Settings | None = None):
-    """The cache home as a management object (:class:`warmstart.cache.ops.Manager`, a ``Cache``):
+    """The cache home as a management object (:class:`warmstart.cache.manage.CacheManager`, a ``Cache``):
     ``ls()``, ``du()``, ``rm()``, ``gc()``, ``verify()``, ``pin()``, ``unpin()``, ``adopt()``, ``promote()``.
 
     >>> c = cache(); [e.model for e in c.ls()]      # doctest: +SKIP
     """
-    from .cache.ops import Manager
+    from .cache.manage import CacheManager
 
     settings = settings or Settings.from_env()
-    return Manager.open(settings, refetch=lambda ref: pull(ref, quiet=True, settings=settings), parse=parse)
+    return CacheManager.open(settings, refetch=lambda ref: pull(ref, quiet=True, settings=settings), parse=parse)
 
 
 def path(what: str = "home", *, settings: Settings | None = None) -> Path:

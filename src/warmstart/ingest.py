@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .cache.evict import human
-from .cache.manager import DISK_RESERVE, Cache
-from .cache.store import _copy, sha256_file
+from .cache.home import DISK_RESERVE, Cache
+from .cache.store import copy_file, sha256_file
 from .errors import CacheFullError
 
 
@@ -87,7 +87,7 @@ def import_file(cache: Cache, src: Path) -> tuple[Path | None, str]:
 
         def copy() -> None:
             try:
-                _copy(src, tmp)
+                copy_file(src, tmp)
             except BaseException as exc:  # noqa: BLE001 - re-raised below
                 err.append(exc)
 

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 from . import ingest
 from .cache import leases
-from .cache.index import FileEntry
-from .cache.manager import DISK_RESERVE, Cache
+from .cache.home import DISK_RESERVE, Cache
+from .cache.index import IndexedFile
 from .cache.views import hub_snapshot_dir, hub_view, plain_view, source_view, view_is_complete
 from .config import Settings
 from .errors import NotFoundError, OfflineError, ReadOnlyCacheError
@@ -57,7 +57,7 @@ def _key(ref: Ref) -> str:
     return ref.key
 
 
-def _finish(cache: Cache, ref: Ref, revision: str, files: list[FileEntry], opts: PullOptions,
+def _finish(cache: Cache, ref: Ref, revision: str, files: list[IndexedFile], opts: PullOptions,
             t0: float, downloaded: int = 0, refs: dict[str, str] | None = None,
             reused: int | None = None) -> Snapshot:
     files = [f for f in files if _selected(f.path, opts)]
@@ -171,7 +171,7 @@ def _download(cache: Cache, ref: Ref, listing: Listing, settings: Settings, opts
     return _finish(cache, ref, listing.revision, files, opts, t0, downloaded, refs, reused)
 
 
-def _record(cache: Cache, key: str, revision: str, entries: dict[str, FileEntry]) -> None:
+def _record(cache: Cache, key: str, revision: str, entries: dict[str, IndexedFile]) -> None:
     """Record the union of what this revision has in the cache (include/exclude pull parts of it)."""
     row = cache.snapshot(key, revision)
     known = {f.path: f for f in cache.index.snapshot_files(row.id)} if row else {}
@@ -180,7 +180,7 @@ def _record(cache: Cache, key: str, revision: str, entries: dict[str, FileEntry]
 
 
 def _unpacked_before(cache: Cache, key: str, revision: str, chosen: list[RemoteFile],
-                     packed: list[RemoteFile]) -> list[FileEntry] | None:
+                     packed: list[RemoteFile]) -> list[IndexedFile] | None:
     """The recorded files of ``revision`` when they are all in the cache and hold every chosen file
     that is not unpacked (the snapshot does not say which blob a file was unpacked from)."""
     row = cache.snapshot(key, revision)
@@ -191,7 +191,7 @@ def _unpacked_before(cache: Cache, key: str, revision: str, chosen: list[RemoteF
     return None
 
 
-def _unpack(run: _Pull, unpacker: Unpacker, packed: list[RemoteFile]) -> list[tuple[RemoteFile, list[FileEntry]]]:
+def _unpack(run: _Pull, unpacker: Unpacker, packed: list[RemoteFile]) -> list[tuple[RemoteFile, list[IndexedFile]]]:
     """Turn each fetched, verified blob of ``packed`` into files, one blob at a time in listing order:
     the hook counts what it unpacks to (capped by the room the cache has), the cache makes room for
     that count, the hook streams the files into a :class:`~warmstart.ingest.Sink`, and only when the
@@ -224,7 +224,7 @@ def _unpack(run: _Pull, unpacker: Unpacker, packed: list[RemoteFile]) -> list[tu
         try:
             for name, tmp, digest, size in sink.written:
                 run.publish(None if cache.store.has(digest) else tmp, digest, size)
-                entries.append(FileEntry(name, digest, size, digest))
+                entries.append(IndexedFile(name, digest, size, digest))
         finally:
             sink.discard()
         out.append((f, entries))
@@ -234,12 +234,12 @@ def _unpack(run: _Pull, unpacker: Unpacker, packed: list[RemoteFile]) -> list[tu
 
 
 class _Pull:
-    """One pull's state: the entries it has (``{path: FileEntry}``), the leases on their blobs (held
+    """One pull's state: the entries it has (``{path: IndexedFile}``), the leases on their blobs (held
     until the snapshot is recorded), and what came from the origin now."""
 
     def __init__(self, cache: Cache, ref: Ref, settings: Settings, opts: PullOptions) -> None:
         self.cache, self.ref, self.settings, self.opts = cache, ref, settings, opts
-        self.entries: dict[str, FileEntry] = {}
+        self.entries: dict[str, IndexedFile] = {}
         self.fetched: set[str] = set()  # paths whose bytes were read from the origin by this pull
         self.unpacked: set[str] = set()  # digests of the files unpacked so far
         self.downloaded = 0
@@ -266,14 +266,12 @@ class _Pull:
                 git_oid: str | None = None, shared: bool = True) -> None:
         """Put a verified temporary file in the blob store (and the shared tier) and index it; ``key``:
         the transfer key of a file the origin names without a sha256."""
-        cache, shared_dir = self.cache, self.settings.shared_dir
+        cache = self.cache
         if tmp is not None:
             cache.store.publish(tmp, digest)
-            if shared and shared_dir is not None:
-                from .cache.tiers import shared_publish, shared_publish_key
-
-                if shared_publish(shared_dir, cache.store.path(digest), digest) and key and git_oid:
-                    shared_publish_key(shared_dir, key, digest)  # readers check the git blob id
+            if shared and cache.shared is not None:
+                if cache.shared.publish(cache.store.path(digest), digest) and key and git_oid:
+                    cache.shared.publish_key(key, digest)  # readers check the git blob id
         cache.index.add_blob(digest, size)
         if key:
             cache.index.set_key(key, digest, size)
@@ -283,16 +281,16 @@ def _local_key(f: RemoteFile, opts: PullOptions) -> str:
     return ("inplace-" if opts.in_place else "") + f.key
 
 
-def _present(cache: Cache, f: RemoteFile, opts: PullOptions) -> FileEntry | None:
+def _present(cache: Cache, f: RemoteFile, opts: PullOptions) -> IndexedFile | None:
     """The cache's entry for listed file ``f`` when its blob is there."""
     if ingest.is_local(f):
         digest = cache.digest_for_key(_local_key(f, opts))
         if digest and cache.store.has(digest, f.size):
-            return FileEntry(f.path, digest, f.size or 0, f.etag)
+            return IndexedFile(f.path, digest, f.size or 0, f.etag)
         return None
     digest = f.sha256 or cache.digest_for_key(f.key)
     if digest and cache.store.has(digest, f.size):
-        return FileEntry(f.path, digest, cache.store.path(digest).stat().st_size, f.etag, f.git_oid)
+        return IndexedFile(f.path, digest, cache.store.path(digest).stat().st_size, f.etag, f.git_oid)
     return None
 
 
@@ -314,10 +312,8 @@ def _bring(run: _Pull, chosen: list[RemoteFile]) -> None:
 
     todo = missing(chosen)
     remote = [f for f in todo if not ingest.is_local(f)]
-    if settings.shared_dir is not None and remote:  # the shared tier before the origin (cache/tiers.py)
-        from .cache.tiers import shared_fetch_many
-
-        shared_fetch_many(cache, settings.shared_dir, remote)  # the lease keeps what this pull has
+    if cache.shared is not None and remote:  # the shared tier before the origin (cache/tiers/shared.py)
+        cache.fill_from_shared(remote)  # the lease keeps what this pull has
         todo = missing(todo)
         remote = [f for f in todo if not ingest.is_local(f)]
     local = [f for f in todo if ingest.is_local(f)]
@@ -356,7 +352,7 @@ def _transfer(run: _Pull, files: list[RemoteFile]) -> None:
         if not cache.store.has(digest):
             raise NotFoundError(f"{job.name}: another process's download vanished; pull again")
         for f in by_key[job.key]:
-            run.entries[f.path] = FileEntry(f.path, digest, result.size or f.size or 0, f.etag, f.git_oid)
+            run.entries[f.path] = IndexedFile(f.path, digest, result.size or f.size or 0, f.etag, f.git_oid)
             if result.path is not None:
                 run.fetched.add(f.path)
 
@@ -387,7 +383,7 @@ def _import(run: _Pull, files: list[RemoteFile]) -> None:
     def publish(f: RemoteFile, tmp: Path | None, digest: str) -> None:
         run.publish(tmp, digest, f.size or 0, key=_local_key(f, run.opts), shared=not run.opts.in_place)
         with lock:
-            run.entries[f.path] = FileEntry(f.path, digest, f.size or 0, f.etag)
+            run.entries[f.path] = IndexedFile(f.path, digest, f.size or 0, f.etag)
             run.fetched.add(f.path)
 
     ingest.import_all(run.cache, files, in_place=run.opts.in_place, progress=run.opts.progress, publish=publish)

@@ -14,6 +14,8 @@ import pytest
 import warmstart
 from warmstart.api import pull
 from warmstart.cache import evict
+from warmstart.cache.layout import scan_blobs
+from warmstart.cache.views import hub_snapshot_dir
 from warmstart.errors import CacheFullError, InUseError, NotFoundError
 
 MB = 1 << 20
@@ -117,7 +119,7 @@ def test_rm_keeps_blobs_other_snapshots_share(hub, make_model, settings):
     m.rm(a, revision=first.revision)
     assert [e.revision for e in m.ls()] == [second.revision]
     _complete(m)
-    assert not (m.layout.hub_repo(repo_id) / "snapshots" / first.revision).exists()
+    assert not (hub_snapshot_dir(m.layout, repo_id, first.revision)).exists()
 
 
 @pytest.mark.parametrize("crash_after", [0, 1, 2])
@@ -146,7 +148,7 @@ def test_crash_in_the_middle_of_gc(make_model, settings, monkeypatch, crash_afte
     monkeypatch.setattr(evict, "ORPHAN_GRACE_S", 0.0)
     m.gc()
     referenced = m.index.referenced_digests()
-    assert {d for d, _, _ in evict.scan_blobs(m)} == referenced
+    assert {d for d, _ in scan_blobs(m.layout.blobs)} == referenced
     _complete(m)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import warmstart
 from warmstart.api import pull
-from warmstart.cache.tiers import _shared_blob
+from warmstart.cache.tiers.shared import SharedTier
 from warmstart.errors import CacheFullError
 
 MB = 1 << 20
@@ -53,7 +53,7 @@ def test_corrupt_blob_in_shared_tier_falls_back_to_origin(hub, two_homes, make_m
     ref = make_model(MB)
     snap = pull(ref, settings=a)
     digest = next(f.digest for f in snap.files if f.path == "model.safetensors")
-    blob = _shared_blob(shared, digest)
+    blob = SharedTier(shared).blob(digest)
     os.chmod(blob, 0o644)
     with open(blob, "r+b") as f:
         f.write(b"garbage!")

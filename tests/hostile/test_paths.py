@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import save
 
 import warmstart
-from warmstart.cache.index import FileEntry
+from warmstart.cache.index import IndexedFile
 from warmstart.cache.views import plain_view
 from warmstart.errors import (
     InUseError,
@@ -197,7 +197,7 @@ def test_an_evil_model_cannot_repoint_another_models_view(evil_hub: EvilHub, out
 def _poison(home: Path, evil: bytes) -> str:
     """Do to good/model's view what the unchecked blobId did: its blobs/<etag> link now points at a blob
     holding the attacker's bytes."""
-    from warmstart.cache.manager import Cache
+    from warmstart.cache.home import Cache
 
     c = Cache(home)
     digest = c.store.put_bytes(evil)
@@ -281,14 +281,14 @@ def test_verify_checks_source_views_too(tmp_path, outside):
 def test_rm_and_gc_never_follow_a_recorded_escaping_revision_or_etag(evil_hub, outside):
     """An index written by an unchecked pull (revision and etag that climb out) is cleaned up without
     touching what they name."""
-    from warmstart.cache.manager import Cache
+    from warmstart.cache.home import Cache
 
     c = Cache(outside.home)
     digest = c.store.put_bytes(b"x" * 10)
     for source, rev, etag in [("hf://evil/model", UP + "outside/victim", UP + "outside/config.json"),
                               ("hf://evil/model", str(outside.sentinel / "victim"), str(outside.sentinel)),
                               ("s3://bucket/p", "../../../../outside", None)]:
-        c.index.add_snapshot(source, rev, [FileEntry("keep.txt", digest, 10, etag)])
+        c.index.add_snapshot(source, rev, [IndexedFile("keep.txt", digest, 10, etag)])
     c.close()
     m = warmstart.cache()
     m.verify()  # reports, never touches
@@ -302,7 +302,7 @@ def test_rm_and_gc_never_follow_a_recorded_escaping_revision_or_etag(evil_hub, o
 
 # ------------------------------------------------------------------------------ --to and the helper
 def test_to_directory_files_stay_inside_it(tmp_path, hostile_home, outside):
-    from warmstart.cache.manager import Cache
+    from warmstart.cache.home import Cache
 
     c = Cache(hostile_home)
     d = c.store.put_bytes(b"payload")
@@ -310,11 +310,11 @@ def test_to_directory_files_stay_inside_it(tmp_path, hostile_home, outside):
     outside.allow(dest)
     for bad in ("../outside/config.json", str(outside.sentinel / "config.json"), "a/../../x"):
         with pytest.raises(UnsafePathError):
-            plain_view(c.layout, dest, [FileEntry(bad, d, 7)], mode="copy")
+            plain_view(c.layout, dest, [IndexedFile(bad, d, 7)], mode="copy")
     dest.mkdir(exist_ok=True)
     os.symlink(outside.sentinel / "victim", dest / "sub")  # a link inside --to that leads out of it
     with pytest.raises(UnsafePathError):
-        plain_view(c.layout, dest, [FileEntry("sub/keep.txt", d, 7)], mode="copy")
+        plain_view(c.layout, dest, [IndexedFile("sub/keep.txt", d, 7)], mode="copy")
     outside.assert_unchanged()
 
 

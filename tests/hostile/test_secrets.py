@@ -275,8 +275,8 @@ def test_ls_escapes_control_characters_in_names(signed, env, ws_home):
     from warmstart.cache.index import Index
 
     index = Index(ws_home / "index.db")
-    (source,) = {row[0] for row in index.query("SELECT source FROM snapshots")}
-    revision = index.query("SELECT revision FROM snapshots")[0][0]
+    (source,) = {row.source for row in index.snapshots()}
+    revision = index.snapshots()[0].revision
     index.set_ref(source, f"evil{HOSTILE}", revision)  # e.g. a damaged or hostile index
     index.close()
     for args in (["ls"], ["pin", signed_url(signed, "SECRET1")]):

@@ -29,7 +29,7 @@ import pytest
 import warmstart
 from tests.servers.hub import HubRepo, HubServer
 from warmstart.cache.index import Index
-from warmstart.cache.tiers import _shared_blob
+from warmstart.cache.tiers.shared import SharedTier
 from warmstart.config import Settings
 from warmstart.errors import CacheFullError, CacheIndexError
 
@@ -102,7 +102,7 @@ def _poison_key(shared: Path, bad: bytes) -> str:
     """Point the only ``keys/`` entry (config.json's) at a blob of ``bad`` bytes, validly named."""
     keys = [p for p in (shared / "keys").iterdir() if not p.name.startswith(".")]
     assert len(keys) == 1, keys  # only config.json has no sha256
-    blob = _shared_blob(shared, _sha(bad))
+    blob = SharedTier(shared).blob(_sha(bad))
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(bad)
     keys[0].write_text(_sha(bad))
@@ -111,7 +111,7 @@ def _poison_key(shared: Path, bad: bytes) -> str:
 
 def _poison_blob(shared: Path, good: bytes, bad: bytes) -> str:
     """Overwrite the shared blob named by config.json's real sha256 with ``bad`` bytes."""
-    blob = _shared_blob(shared, _sha(good))
+    blob = SharedTier(shared).blob(_sha(good))
     os.chmod(blob, 0o644)
     blob.write_bytes(bad)
     return _sha(bad)
@@ -158,7 +158,7 @@ def test_file_without_sha256_or_git_id_never_comes_from_shared(http_origin, tmp_
     ref = http_origin.url("w.bin")
     warmstart.pull(ref, settings=_settings(tmp_path / "node-a", shared_dir=shared))
     bad = b"x" * len(good)
-    blob = _shared_blob(shared, _sha(bad))
+    blob = SharedTier(shared).blob(_sha(bad))
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(bad)
     (shared / "keys").mkdir(exist_ok=True)
@@ -166,9 +166,7 @@ def test_file_without_sha256_or_git_id_never_comes_from_shared(http_origin, tmp_
 
     b = _settings(tmp_path / "node-b", shared_dir=shared)
     key = source_for(parse(ref), b).resolve(parse(ref)).files[0].key
-    from warmstart.cache.tiers import _key_path
-
-    _key_path(shared, key).write_text(_sha(bad))
+    SharedTier(shared).key_path(key).write_text(_sha(bad))
     snap = warmstart.pull(ref, settings=b)
     assert snap.files[0].blob.read_bytes() == good
 
@@ -180,7 +178,8 @@ def test_verify_catches_a_blob_that_is_not_the_listed_git_blob(repo, ws_home):
     warmstart.pull(ref, settings=s)
     m = warmstart.cache(settings=s)
     bad = m.store.put_bytes(b'{"pwned": true}\n')
-    m.index.query("UPDATE files SET digest=? WHERE path='config.json'", (bad,))
+    with sqlite3.connect(m.layout.index_path) as db:  # the record of a cache poisoned before the fix
+        db.execute("UPDATE files SET digest=? WHERE path='config.json'", (bad,))
     report = m.verify()
     assert not report.ok and bad in report.corrupt
 
@@ -301,7 +300,7 @@ def small_tmpfs() -> Iterator[Path]:
 def test_full_disk_for_real_is_one_line(repo, ws_home, small_tmpfs, monkeypatch):
     ref, _ = repo
     home = small_tmpfs / "home"
-    monkeypatch.setattr("warmstart.cache.manager.DISK_RESERVE", 0)
+    monkeypatch.setattr("warmstart.cache.home.DISK_RESERVE", 0)
     warmstart.pull(ref, settings=_settings(home))
     with open(small_tmpfs / "filler", "wb") as f:  # fill the disk
         try:

@@ -18,7 +18,7 @@ from tests.pull.conftest import (
     origin_files,
     sha256,
 )
-from warmstart.cache import manager
+from warmstart.cache import home
 from warmstart.errors import (
     CacheFullError,
     GatedRepoError,
@@ -151,13 +151,13 @@ def test_not_enough_disk_fails_before_downloading(ws_home, hub, model, monkeypat
         u = real(path)
         return type(u)(u.total, u.total - 1000, 1000)
 
-    monkeypatch.setattr(manager.shutil, "disk_usage", tiny_disk)
+    monkeypatch.setattr(home.shutil, "disk_usage", tiny_disk)
     with pytest.raises(CacheFullError, match="disk") as exc:
         warmstart.pull(repo_id)
     assert isinstance(exc.value, OSError)
     assert hub.counters.bytes_total == 0 and hub.counters.requests_for("*/resolve/*") == 0
     assert blob_files(ws_home) == {} and not list((ws_home / "tmp").glob("*.part"))
-    monkeypatch.setattr(manager.shutil, "disk_usage", real)
+    monkeypatch.setattr(home.shutil, "disk_usage", real)
     assert_snapshot_matches(warmstart.pull(repo_id).path, files)
 
 

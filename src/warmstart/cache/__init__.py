@@ -1,13 +1,19 @@
-"""The content-addressed cache. ``warmstart.cache`` is both this package and the API call
-``warmstart.cache()`` (once the package is imported it shadows the function on ``warmstart``, so the
-package itself is callable and returns the same management object).
+"""The content-addressed cache: a plain package, one responsibility per module.
 
->>> import warmstart
->>> m = warmstart.cache()        # doctest: +SKIP
+::
+
+    home.py      Cache: one cache home opened for use (layout + store + index + tiers), the budget
+    manage.py    CacheManager: ls, du, rm, gc, verify, pin/unpin, promote, adopt (``warmstart.cache()``)
+    layout.py    where the parts of a home live          store.py     blobs: publish, hash, remove
+    index.py     every SQL query (index_schema.py: opening, schema, migrations)
+    leases.py    which live processes hold which blobs   paths.py     the one gate for names and paths
+    evict.py     frozen eviction / gc plans, executed in a crash-safe order   tmpdir.py   tmp/ housekeeping
+    views.py     every view path: Hub layout, snapshot folders, RAM tier views, --to directories
+    tiers/       memory.py (RAM tier), shared.py (shared tier), verified_copy.py (copy while hashing)
+    verify.py    re-hash blobs and check views           rebuild.py   rebuild index.db from the views
+    adopt.py     take in a huggingface_hub cache without copying
+
+Imports point one way: manage -> verify, rebuild, adopt -> home -> evict, tiers -> views, leases,
+tmpdir -> index, store -> layout, paths. Eviction, views and tiers get the pieces they need (layout,
+index, store), never the whole cache: :class:`~warmstart.cache.home.Cache` composes them.
 """
-
-from __future__ import annotations
-
-from .._callable import make_callable
-
-make_callable(__name__, "cache")

@@ -4,9 +4,9 @@ management without copying their bytes.
 Each file of ``<HF_CACHE>/models--ORG--NAME/snapshots/<commit>/`` is hashed (sha256, verifying it), then
 hardlinked into ``blobs/sha256/…`` (same filesystem: no bytes copied), recorded in the index as the
 snapshot ``hf://ORG/NAME@<commit>`` with the cache's refs, and given a hub view. When the HF cache is
-on another filesystem nothing is copied unless asked: the report says how many bytes it would copy.
+on another filesystem nothing is copied: the report says how many bytes it would copy.
 
->>> report = adopt(manager, "~/.cache/huggingface/hub")       # doctest: +SKIP
+>>> report = adopt(cache, "~/.cache/huggingface/hub")       # doctest: +SKIP
 >>> report.adopted, report.would_copy                           # doctest: +SKIP
 """
 
@@ -18,21 +18,21 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import NotFoundError
-from .index import FileEntry
-from .store import _copy, sha256_file
+from .home import Cache
+from .index import IndexedFile
+from .store import copy_file, sha256_file
 from .views import hub_view
-
-if TYPE_CHECKING:
-    from .manager import Cache
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class AdoptReport:
+    """What :func:`adopt` took in (``source@commit``), the bytes it hardlinked or copied, what it would
+    copy from another filesystem, and what it skipped and why."""
+
     adopted: tuple[str, ...]
     linked_bytes: int
     copied_bytes: int
@@ -68,12 +68,11 @@ def _link_in(cache: Cache, path: Path, digest: str) -> None:
     try:
         os.link(path, tmp)
     except OSError:
-        _copy(path, tmp)
+        copy_file(path, tmp)
     cache.store.publish(tmp, digest)
 
 
-def adopt(cache: Cache, hf_cache: str | os.PathLike | None = None, *, dry_run: bool = False,
-          copy: bool = False) -> AdoptReport:
+def adopt(cache: Cache, hf_cache: str | os.PathLike | None = None, *, dry_run: bool = False) -> AdoptReport:
     """Adopt every model snapshot under ``hf_cache`` (default: huggingface_hub's cache)."""
     root = Path(hf_cache).expanduser() if hf_cache else default_hf_cache()
     if not root.is_dir():
@@ -93,14 +92,13 @@ def adopt(cache: Cache, hf_cache: str | os.PathLike | None = None, *, dry_run: b
                 skipped.append(f"hf://{repo_id}@{snap.name} (empty)")
                 continue
             size = sum(p.stat().st_size for _, p in files)
-            if not same_fs and not copy:
+            if not same_fs:
                 would += size
                 skipped.append(f"hf://{repo_id}@{snap.name} (other filesystem: would copy {size} bytes)")
                 continue
             if dry_run:
                 adopted.append(f"hf://{repo_id}@{snap.name}")
-                linked += size if same_fs else 0
-                would += 0 if same_fs else size
+                linked += size
                 continue
             with cf.ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # hash different files in parallel
                 digests = list(pool.map(lambda fp: sha256_file(fp[1]).hexdigest(), files))
@@ -114,7 +112,7 @@ def adopt(cache: Cache, hf_cache: str | os.PathLike | None = None, *, dry_run: b
                         copied += path.stat().st_size
                 cache.index.add_blob(digest, path.stat().st_size)
                 etag = path.name if path.parent.name == "blobs" else None
-                entries.append(FileEntry(rel, digest, path.stat().st_size, etag))
+                entries.append(IndexedFile(rel, digest, path.stat().st_size, etag))
             source = f"hf://{repo_id}"
             cache.index.add_snapshot(source, snap.name, entries)
             mine = {n: r for n, r in refs.items() if r == snap.name}

@@ -1,4 +1,5 @@
-"""Path arithmetic for the cache home; no I/O beyond ``mkdir``.
+"""Where the parts of a cache home live; no I/O beyond ``mkdir`` and listing blobs. The paths inside
+the view directories (``hub/``, ``snapshots/``) belong to :mod:`warmstart.cache.views`.
 
 ::
 
@@ -30,14 +31,10 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def check_digest(digest: str) -> str:
+    """``digest`` if it is a sha256 hex digest (the only name a blob may have), else ValueError."""
     if not _DIGEST.fullmatch(digest):
         raise ValueError(f"not a sha256 hex digest: {digest!r}")
     return digest
-
-
-def repo_folder(repo_id: str, repo_type: str = "model") -> str:
-    """The Hugging Face cache folder name of a repo: ``models--org--name``."""
-    return f"{repo_type}s--" + repo_id.replace("/", "--")
 
 
 class Layout:
@@ -82,14 +79,8 @@ class Layout:
         check_digest(digest)
         return self.blobs / digest[:2] / digest
 
-    def partial(self, key: str) -> Path:
-        return self.tmp / f"{key}.part"
-
     def lock(self, name: str) -> Path:
         return self.locks / f"{name}.lock"
-
-    def hub_repo(self, repo_id: str) -> Path:
-        return self.hub / repo_folder(repo_id)
 
     def ensure(self) -> None:
         for d in (self.blobs, self.tmp, self.locks, self.leases, self.hub):

@@ -27,7 +27,6 @@ True
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import json
@@ -36,7 +35,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .layout import Layout
@@ -52,24 +51,12 @@ _held: dict[tuple[str, str], Lease] = {}
 _held_lock = threading.Lock()
 
 
-@dataclasses.dataclass(frozen=True)
-class LeaseInfo:
-    """A live lease as another process sees it."""
-
-    pid: int
-    host: str
-    path: Path
-    digests: frozenset[str]
-    snapshots: tuple[str, ...]
-
-
 class Lease:
     """A held lease. Release it explicitly, or let the process end."""
 
-    def __init__(self, path: Path, fd: int | None, digests: frozenset[str]) -> None:
+    def __init__(self, path: Path, fd: int | None) -> None:
         self.path = path
         self._fd = fd
-        self.digests = digests
 
     @property
     def held(self) -> bool:
@@ -115,12 +102,12 @@ def _try_lock(fd: int) -> bool | None:
         if exc.errno in (errno.EAGAIN, errno.EACCES):
             return False
         if exc.errno in _NO_LOCKS:
-            _warn_no_locks(fd)
+            _warn_no_locks()
             return None
         raise
 
 
-def _warn_no_locks(_fd: int) -> None:
+def _warn_no_locks() -> None:
     global _warned_no_locks
     if not _warned_no_locks:
         _warned_no_locks = True
@@ -145,7 +132,7 @@ def acquire(layout: Layout, digests: Iterable[str], *, snapshots: Iterable[str] 
         # A read-only home: no lease can be recorded. This process cannot evict anything, but one that
         # may write the home can still evict these blobs meanwhile (docs/cache.md, "Read-only home").
         log.debug("cache home %s is read-only (%s); using its blobs without a lease", layout.home, exc.strerror)
-        return Lease(final, None, digests)
+        return Lease(final, None)
     body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "snapshots": list(snapshots),
                        "digests": sorted(digests)}).encode()
     tmp = layout.leases / f".{name}.tmp"
@@ -160,7 +147,7 @@ def acquire(layout: Layout, digests: Iterable[str], *, snapshots: Iterable[str] 
         except OSError:
             pass
         raise
-    return Lease(final, fd, digests)
+    return Lease(final, fd)
 
 
 def hold(layout: Layout, key: str, digests: Iterable[str]) -> Lease:
@@ -188,13 +175,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def live_leases(layout: Layout, *, clean: bool = True) -> list[LeaseInfo]:
-    """Every live lease under ``layout``; stale lease files are removed when ``clean``."""
-    out: list[LeaseInfo] = []
+def _live_leases(layout: Layout) -> Iterator[tuple[int, list[str]]]:
+    """``(pid, digests)`` of every live lease under ``layout``; stale lease files are removed."""
     try:
         names = os.listdir(layout.leases)
     except FileNotFoundError:
-        return out
+        return
     mine = {str(v.path) for v in _held.values() if v.held}
     for name in names:
         if not name.endswith(".lease"):
@@ -212,19 +198,15 @@ def live_leases(layout: Layout, *, clean: bool = True) -> list[LeaseInfo]:
                 got = _try_lock(fd)  # None: no working locks here, fall back to the pid
                 live = (data is None or _pid_alive(int(data.get("pid", 0)))) if got is None else not got
             if not live:
-                if clean:
-                    try:
-                        os.unlink(path)
-                    except OSError:  # gone already, or a read-only home
-                        pass
+                try:
+                    os.unlink(path)
+                except OSError:  # gone already, or a read-only home
+                    pass
                 continue
         finally:
             os.close(fd)
-        if data is None:  # live but unreadable: treat it as holding nothing we can name
-            continue
-        out.append(LeaseInfo(int(data.get("pid", 0)), str(data.get("host", "")), path,
-                             frozenset(data.get("digests", ())), tuple(data.get("snapshots", ()))))
-    return out
+        if data is not None:  # live but unreadable: treat it as holding nothing we can name
+            yield int(data.get("pid", 0)), list(data.get("digests", ()))
 
 
 def _read(fd: int) -> dict | None:
@@ -238,7 +220,7 @@ def _read(fd: int) -> dict | None:
 def leased_digests(layout: Layout) -> dict[str, list[int]]:
     """``{digest: [pid, ...]}`` for every blob held by a live lease."""
     out: dict[str, list[int]] = {}
-    for info in live_leases(layout):
-        for d in info.digests:
-            out.setdefault(d, []).append(info.pid)
+    for pid, digests in _live_leases(layout):
+        for d in digests:
+            out.setdefault(d, []).append(pid)
     return out

@@ -1,4 +1,4 @@
-"""The blob store: publish verified content under its sha256, open it, re-verify it.
+"""The blob store: publish verified content under its sha256; the hashing helpers that check it.
 
 Correctness never depends on a lock: content is written to a unique temporary file, fsynced, made
 read-only and renamed into ``blobs/sha256/ab/<digest>``. Two writers of the same digest are benign:
@@ -35,11 +35,11 @@ HASH_BLOCK = 8 * 2**20
 _local = threading.local()
 
 
-def hash_buffer(size: int = HASH_BLOCK) -> bytearray:
+def _hash_buffer() -> bytearray:
     """A per-thread reusable read buffer (no fresh allocation and page faults for every file)."""
     buf = getattr(_local, "buf", None)
-    if buf is None or len(buf) < size:
-        buf = _local.buf = bytearray(size)
+    if buf is None:
+        buf = _local.buf = bytearray(HASH_BLOCK)
     return buf
 
 
@@ -51,17 +51,17 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def sha256_file(path: Path | str, *, start: int = 0, end: int | None = None, h=None) -> hashlib._Hash:
-    """Hash ``path[start:end]`` with big preads into a reused per-thread buffer (hashlib releases the
-    GIL on large buffers, so threads hashing different files run in parallel)."""
+def sha256_file(path: Path | str, *, h=None) -> hashlib._Hash:
+    """Hash the file at ``path`` (into ``h`` when given) with big preads into a reused per-thread buffer
+    (hashlib releases the GIL on large buffers, so threads hashing different files run in parallel)."""
     h = h or hashlib.sha256()
-    view = memoryview(hash_buffer())[:HASH_BLOCK]
+    view = memoryview(_hash_buffer())[:HASH_BLOCK]
     fd = os.open(path, os.O_RDONLY)
     try:
-        end = os.fstat(fd).st_size if end is None else end
+        end = os.fstat(fd).st_size
         if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
-        pos = start
+            os.posix_fadvise(fd, 0, end, os.POSIX_FADV_SEQUENTIAL)
+        pos = 0
         while pos < end:
             n = os.preadv(fd, [view[: min(HASH_BLOCK, end - pos)]], pos)
             if n <= 0:
@@ -75,7 +75,7 @@ def sha256_file(path: Path | str, *, start: int = 0, end: int | None = None, h=N
 
 def sha256_blob(path: Path | str) -> str:
     """The sha256 of one of the cache's own blobs, hashed through a read-only mapping: no copy out of
-    the page cache (measured 0.98x of parallel in-memory hashing, against 0.67-0.81x for preads).
+    the page cache (docs/benchmarks.md, "Verify", compares it with preads).
 
     Only for blobs: they are read-only and never truncated (warmstart unlinks or renames them, which a
     mapping survives). A file someone else may truncate meanwhile must use :func:`sha256_file`: a
@@ -183,25 +183,6 @@ class BlobStore:
             fsync_dir(dest.parent)
         return dest
 
-    def put_file(self, src: Path, *, expected: str | None = None, link: bool = False) -> str:
-        """Copy (or hardlink when ``link``) a local file in, hashing it; returns the digest."""
-        digest = sha256_file(src).hexdigest()
-        if expected and digest != expected:
-            raise IntegrityError(f"{src}: sha256 {digest} does not match the expected {expected}")
-        if self.has(digest, os.stat(src).st_size):
-            return digest
-        tmp = self.layout.tmp / f"import-{uuid.uuid4().hex}"
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        if link:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                link = False
-        if not link:
-            _copy(src, tmp)
-        self.publish(tmp, digest)
-        return digest
-
     def put_bytes(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
         if self.has(digest, len(data)):
@@ -212,10 +193,6 @@ class BlobStore:
             f.write(data)
         self.publish(tmp, digest)
         return digest
-
-    def verify(self, digest: str) -> bool:
-        """Re-hash a blob; True when its content still matches its name."""
-        return sha256_file(self.layout.blob(digest)).hexdigest() == digest
 
     def remove(self, digest: str) -> int:
         """Delete a blob; returns the bytes freed (0 when it was not there)."""
@@ -243,10 +220,11 @@ def _holds(path: Path, digest: str, size: int) -> bool:
         return False
 
 
-def _copy(src: Path, dst: Path) -> None:
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to a new or truncated ``dst``: in the kernel (a reflink on CoW filesystems) when it can."""
     with open(src, "rb") as fi, open(dst, "wb") as fo:
         size = os.fstat(fi.fileno()).st_size
-        try:  # copy_file_range reflinks on CoW filesystems and copies in-kernel elsewhere
+        try:
             off = 0
             while off < size:
                 n = os.copy_file_range(fi.fileno(), fo.fileno(), size - off)

@@ -1,4 +1,5 @@
-"""Views over blobs: the Hugging Face cache layout, generic snapshot folders, and plain directories.
+"""Views over blobs, and every path of one: the Hugging Face cache layout, generic snapshot folders, the
+RAM tier's views and plain directories. Made, checked, repaired, removed and read back here only.
 
 Views hold no data: they are symlinks (or, on request for plain directories, hardlinks or copies)
 to ``blobs/sha256/…``. Relative symlinks keep the cache home relocatable. Every link is made under
@@ -9,25 +10,39 @@ a temporary name and renamed into place, so a reader never sees a half-made view
     hub/models--org--name/refs/main                              "<commit>"
     hub/models--org--name/blobs/<etag> -> ../../../blobs/sha256/ab/<digest>
     hub/models--org--name/snapshots/<commit>/<path> -> ../../blobs/<etag>   (one ../ more per subdir)
+    snapshots/<scheme>/<name>/<revision>/<path> -> …/blobs/sha256/ab/<digest>   (other sources, derived)
 
 Every path made here is checked by :func:`warmstart.cache.paths.inside` first; ``<etag>`` is the
 origin's etag only when it is 40 or 64 lowercase hex (else the sha256), ``<commit>`` one path component.
+
+>>> import tempfile
+>>> lay = Layout(Path(tempfile.mkdtemp()))
+>>> hub_snapshot_dir(lay, "org/name", "a" * 40).relative_to(lay.home).as_posix()[:40]
+'hub/models--org--name/snapshots/aaaaaaaa'
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ..errors import WarmstartError
-from .index import FileEntry
-from .layout import Layout, repo_folder
+from ..errors import UnsafePathError, WarmstartError
+from .index import IndexedFile, SnapshotRow
+from .layout import Layout
 from .paths import check_name, check_relpath, hub_blob_name, inside
+
+log = logging.getLogger(__name__)
+
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def link_atomic(target: str, where: Path) -> None:
@@ -55,6 +70,11 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def repo_folder(repo_id: str) -> str:
+    """The Hugging Face cache folder name of a model repo: ``models--org--name``."""
+    return "models--" + repo_id.replace("/", "--")
+
+
 def hub_snapshot_dir(layout: Layout, repo_id: str, commit: str) -> Path:
     """``hub/models--org--name/snapshots/<commit>``, checked to lie inside the hub directory."""
     repo = layout.hub / check_name(repo_folder(repo_id), "repository folder")
@@ -78,7 +98,7 @@ def snapshot_dir(layout: Layout, source: str, revision: str, kind: str = "source
     return source_snapshot_dir(layout, source, revision)
 
 
-def hub_view(layout: Layout, repo_id: str, commit: str, files: Iterable[FileEntry],
+def hub_view(layout: Layout, repo_id: str, commit: str, files: Iterable[IndexedFile],
              refs: dict[str, str] | None = None) -> Path:
     """Make (or complete, or repair) ``hub/models--org--name/snapshots/<commit>``; returns that directory.
     A link that points elsewhere is re-pointed."""
@@ -100,7 +120,7 @@ def hub_view(layout: Layout, repo_id: str, commit: str, files: Iterable[FileEntr
     return snap
 
 
-def source_view(layout: Layout, source_key: str, revision: str, files: Iterable[FileEntry]) -> Path:
+def source_view(layout: Layout, source_key: str, revision: str, files: Iterable[IndexedFile]) -> Path:
     """A snapshot folder for non-Hub sources: ``snapshots/<scheme>/<name>/<revision>/``."""
     snap = source_snapshot_dir(layout, source_key, revision)
     for f in files:
@@ -111,7 +131,7 @@ def source_view(layout: Layout, source_key: str, revision: str, files: Iterable[
     return snap
 
 
-def wrong_entries(layout: Layout, snap: Path, files: Iterable[FileEntry]) -> list[str]:
+def wrong_entries(layout: Layout, snap: Path, files: Iterable[IndexedFile]) -> list[str]:
     """The files of a view that do not resolve to the blob their snapshot records (missing ones too):
     each must be a symlink whose whole chain ends at ``blobs/sha256/…/<digest>``."""
     wrong = []
@@ -126,7 +146,7 @@ def wrong_entries(layout: Layout, snap: Path, files: Iterable[FileEntry]) -> lis
     return wrong
 
 
-def view_is_complete(snap: Path, files: Iterable[FileEntry], layout: Layout | None = None) -> bool:
+def view_is_complete(snap: Path, files: Iterable[IndexedFile], layout: Layout | None = None) -> bool:
     """Every file of the view is there and, given ``layout``, resolves to its recorded blob."""
     files = list(files)
     if layout is not None:
@@ -154,6 +174,146 @@ def clear_entry(root: Path, rel: str, layout: Layout) -> None:
             return
 
 
+def rebuild_view(layout: Layout, row: SnapshotRow, files: list[IndexedFile], bad: list[str],
+                 refs: dict[str, str]) -> Path:
+    """Clear what is in the way of each wrong entry ``bad`` (inside the view only), then make the view of
+    ``row`` again; ``refs``: the refs naming its revision. No download: the blobs are local."""
+    snap = snapshot_dir(layout, row.source, row.revision, row.kind)
+    if snap.is_symlink():
+        os.unlink(inside(layout.home, snap, what="snapshot view"))
+    for p in bad:
+        clear_entry(snap, p, layout)
+    if not snap.is_relative_to(layout.hub):
+        return source_view(layout, row.source, row.revision, files)
+    repo = snap.parent.parent
+    for f in files:
+        link = repo / "blobs" / hub_blob_name(f.etag, f.digest)
+        if os.path.lexists(link) and os.path.realpath(link) != os.path.realpath(layout.blob(f.digest)):
+            clear_entry(repo / "blobs", link.name, layout)
+    return hub_view(layout, row.source.removeprefix("hf://"), row.revision, files, refs)
+
+
+def remove_views(layout: Layout, row: SnapshotRow, files: Iterable[IndexedFile], *,
+                 still_named: set[tuple[str | None, str]], last: bool) -> None:
+    """Remove a dropped snapshot's views: its directory and, in the Hub layout, the refs naming its
+    revision, the ``blobs/<etag>`` links of ``files`` that no remaining snapshot of the repo names
+    (``still_named``: their ``(etag, digest)``), and the repo folder once the ``last`` snapshot is gone.
+    Every path is checked to lie inside its directory first; a view whose name would not (a record made
+    before names were checked) is left alone and logged."""
+    try:
+        snap = snapshot_dir(layout, row.source, row.revision, row.kind)
+    except UnsafePathError as exc:
+        log.warning("not removing the view of %s: %s", row.source, exc)
+        return
+    if not snap.is_symlink():  # rmtree never follows links inside; a link in its place is not ours
+        shutil.rmtree(snap, ignore_errors=True)
+    if not snap.is_relative_to(layout.hub):
+        return
+    repo = snap.parent.parent
+    refs_dir = repo / "refs"
+    if refs_dir.is_dir() and not refs_dir.is_symlink():
+        for ref in list(refs_dir.rglob("*")):
+            try:
+                if ref.is_file() and not ref.is_symlink() and ref.read_text().strip() == row.revision:
+                    os.unlink(inside(layout.hub, ref, what="refs file"))
+            except (OSError, UnsafePathError):
+                pass
+    still = {hub_blob_name(etag, digest) for etag, digest in still_named}
+    for f in files:
+        name = hub_blob_name(f.etag, f.digest)
+        if name not in still:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(inside(layout.hub, repo / "blobs" / name, what="hub blob link"))
+    if last and not repo.is_symlink():
+        shutil.rmtree(inside(layout.hub, repo, what="hub repository"), ignore_errors=True)
+
+
+def memory_view(root: Path, source: str, revision: str, files: Iterable, blob: Callable[[str], Path]) -> Path:
+    """The RAM tier's view of a snapshot, ``<root>/views/<hash of source@revision>/<path>``, each file a
+    relative link to ``blob(digest)`` (a blob of that tier); returns the directory."""
+    view = root / "views" / hashlib.sha256(f"{source}@{revision}".encode()).hexdigest()[:24]
+    for f in files:
+        where = inside(root, view / check_relpath(f.path), what="RAM tier view file")
+        link_atomic(os.path.relpath(blob(f.digest), where.parent), where)
+    return view
+
+
+def read_views(layout: Layout) -> Iterator[tuple[str, str, list[IndexedFile], dict[str, str]]]:
+    """Every snapshot the views of ``layout`` name, as ``(source, revision, files, {ref: revision})``:
+    what rebuilding a lost index records. A Hub view names its source exactly and its etags (one of 40
+    hex is the file's git blob id); a ``snapshots/`` view only as its folder names allow ("--" read as
+    "/"). Links are read, not resolved, and only a target inside ``blobs/sha256/`` that exists counts."""
+    yield from _read_hub_views(layout)
+    root = layout.snapshots
+    for scheme_dir in sorted(root.iterdir()) if root.is_dir() else ():
+        for name_dir in sorted(scheme_dir.iterdir()) if scheme_dir.is_dir() else ():
+            for rev_dir in sorted(name_dir.iterdir()) if name_dir.is_dir() else ():
+                files = []
+                for p in _walk(rev_dir):
+                    try:
+                        blob = _blob_of(layout, p, os.readlink(p))
+                    except OSError:
+                        continue
+                    if blob is not None:
+                        files.append(IndexedFile(p.relative_to(rev_dir).as_posix(), *blob))
+                if files:
+                    yield f"{scheme_dir.name}://{name_dir.name.replace('--', '/')}", rev_dir.name, files, {}
+
+
+def _read_hub_views(layout: Layout) -> Iterator[tuple[str, str, list[IndexedFile], dict[str, str]]]:
+    for repo in sorted(layout.hub.glob("models--*")) if layout.hub.is_dir() else ():
+        org_name = repo.name[len("models--"):]
+        if "--" not in org_name:
+            continue
+        snaps = repo / "snapshots"
+        found = {}
+        for snap in sorted(snaps.iterdir()) if snaps.is_dir() else ():
+            files = []
+            for p in _walk(snap):
+                try:
+                    etag_link = Path(os.path.normpath(p.parent / os.readlink(p)))
+                    if etag_link.parent != repo / "blobs":
+                        continue
+                    blob = _blob_of(layout, etag_link, os.readlink(etag_link))
+                except OSError:
+                    continue
+                if blob is not None:
+                    etag = etag_link.name
+                    files.append(IndexedFile(p.relative_to(snap).as_posix(), *blob, etag,
+                                             etag if _HEX40.fullmatch(etag) else None))
+            if files:
+                found[snap.name] = files
+        refs = {}
+        for ref in _walk(repo / "refs") if (repo / "refs").is_dir() else ():
+            try:
+                commit = ref.read_text().strip()
+            except OSError:
+                continue
+            if commit in found:
+                refs[ref.relative_to(repo / "refs").as_posix()] = commit
+        for commit, files in found.items():
+            yield ("hf://" + org_name.replace("--", "/", 1), commit, files,
+                   {k: v for k, v in refs.items() if v == commit})
+
+
+def _blob_of(layout: Layout, link: Path, target: str) -> tuple[str, int] | None:
+    """``(digest, size)`` of the blob a link's ``target`` (relative to the link's directory) names, if it
+    is a blob on disk."""
+    where = Path(os.path.normpath(link.parent / target))
+    digest = where.name
+    if not _DIGEST.fullmatch(digest) or where != layout.blob(digest):
+        return None
+    try:
+        return digest, os.stat(where).st_size
+    except OSError:
+        return None
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every file and link under ``root``, without following symlinked directories."""
+    return [Path(dirpath) / n for dirpath, _dirs, names in os.walk(root) for n in names]
+
+
 class DirectoryConflict(WarmstartError, FileExistsError):
     """A file in the target directory is not ours to replace."""
 
@@ -164,7 +324,7 @@ def _manifest(layout: Layout, dest: Path) -> Path:
     return layout.home / "views" / (hashlib.sha256(str(dest).encode()).hexdigest()[:32] + ".json")
 
 
-def plain_view(layout: Layout, dest: Path, files: Iterable[FileEntry], *, mode: str = "symlink") -> Path:
+def plain_view(layout: Layout, dest: Path, files: Iterable[IndexedFile], *, mode: str = "symlink") -> Path:
     """Make ``dest`` a plain directory of the model's files for tools that take a path.
 
     ``mode``: ``symlink`` (default, absolute links to the blobs), ``hardlink`` (same filesystem; falls

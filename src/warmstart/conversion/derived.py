@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cache.index import FileEntry
-from ..cache.manager import Cache
+from ..cache.home import Cache
+from ..cache.index import IndexedFile
 from ..cache.views import source_view
 from ..config import Settings
 from ..errors import NotFoundError
@@ -56,7 +56,7 @@ class Converted:
     key: str
     source: str
     world_size: int
-    files: tuple[FileEntry, ...]
+    files: tuple[IndexedFile, ...]
     converted: bool
     seconds: float
 
@@ -133,13 +133,12 @@ def derived_key(digests: list[str], recipe: Recipe) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _lookup(cache: Cache, key: str) -> tuple[Any, list[FileEntry]] | None:
-    rows = cache.index.query("SELECT id FROM snapshots WHERE kind='derived' AND revision=?", (key,))
-    if not rows:
+def _lookup(cache: Cache, key: str) -> tuple[Any, list[IndexedFile]] | None:
+    row = cache.index.find_derived(key)
+    if row is None:
         return None
-    row = cache.index.get_snapshot(rows[0][0])
-    files = cache.index.snapshot_files(row.id) if row else []
-    if not row or not files or not cache.complete(files):
+    files = cache.index.snapshot_files(row.id)
+    if not files or not cache.complete(files):
         log.warning("derived snapshot %s… is incomplete (blobs removed); converting again", key[:12])
         return None
     return row, files
@@ -158,7 +157,7 @@ def _single_flight(cache: Cache, key: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _found(cache: Cache, key: str, row: Any, files: list[FileEntry], t0: float) -> Converted:
+def _found(cache: Cache, key: str, row: Any, files: list[IndexedFile], t0: float) -> Converted:
     from ..cache import leases
 
     cache.index.touch(row.id)
@@ -206,7 +205,7 @@ def convert(src: Any, recipe: Any, *, world_size: int | None = None, shard_size:
                 cache.store.publish(o.tmp, o.digest)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        files = [FileEntry(o.path, o.digest, o.size) for o in outs]
+        files = [IndexedFile(o.path, o.digest, o.size) for o in outs]
         meta = {"format": FORMAT_VERSION, "recipe": r.to_json(), "recipe_digest": r.digest(),
                 "source": source.label, "source_digests": source.digests, "world_size": plan.world_size,
                 "name": r.name}

@@ -1,28 +1,38 @@
-"""One cache home: layout + index + blob store, opened lazily.
+"""One cache home opened for use: its layout, blob store, index (opened lazily) and tiers, with the
+budget that pulls make room within. Everything below it (store, index, evict, views, tiers) gets only
+the pieces it needs; this class composes them.
 
 >>> import tempfile; from pathlib import Path
 >>> c = Cache(Path(tempfile.mkdtemp()))
->>> c.layout.blobs.is_dir()
-True
+>>> c.layout.blobs.is_dir(), c.read_only
+(True, False)
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import errno
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import CacheFullError, ReadOnlyCacheError
-from .index import FileEntry, Index, SnapshotRow
+from . import evict
+from .index import Index, IndexedFile, SnapshotRow
 from .layout import Layout
-from .store import BlobStore
+from .store import BlobStore, cpu_count
+from .tiers import verified_copy
+from .tiers.memory import MemoryTier
+from .tiers.shared import SharedTier
 
 log = logging.getLogger(__name__)
 
 #: free space kept on the cache's filesystem beyond what a pull needs
 DISK_RESERVE = 256 * 2**20
+#: blobs copied at once from the shared tier (None: one per CPU); each copy also has an I/O thread
+SHARED_WORKERS: int | None = None
 
 
 class Cache:
@@ -38,11 +48,8 @@ class Cache:
         self.max_size = max_size
         self._index: Index | None = None
         self.shared_dir = Path(shared_dir) if shared_dir else None
-        self.memory = None
-        if memory_dir is not None:
-            from .tiers import MemoryTier
-
-            self.memory = MemoryTier(Path(memory_dir), memory_max_size)
+        self.shared = SharedTier(self.shared_dir) if self.shared_dir else None
+        self.memory = MemoryTier(Path(memory_dir), memory_max_size, disk=self.layout) if memory_dir else None
 
     @classmethod
     def from_settings(cls, settings) -> Cache:
@@ -64,11 +71,15 @@ class Cache:
             self._index.close()
             self._index = None
 
+    def parts(self) -> evict.CacheParts:
+        """The pieces eviction plans over and removes from."""
+        return evict.CacheParts(self.layout, self.index, self.store, self.memory)
+
     # -- lookups -------------------------------------------------------------------------------
     def snapshot(self, source: str, revision: str) -> SnapshotRow | None:
         return self.index.find_snapshot(source, revision)
 
-    def complete(self, files: list[FileEntry]) -> bool:
+    def complete(self, files: list[IndexedFile]) -> bool:
         """True when every blob of ``files`` is present with its size."""
         return all(self.store.has(f.digest, f.size) for f in files)
 
@@ -83,16 +94,49 @@ class Cache:
         if need <= 0:
             return
         if self.max_size is not None:
-            from .evict import make_room  # imported here: eviction is rare
-
-            make_room(self, need, protect=protect)
+            evict.make_room(self.parts(), self.max_size, need, protect=protect)
         free = shutil.disk_usage(self.layout.home).free
         if free - need < DISK_RESERVE:
             raise CacheFullError(
-                f"not enough disk space under {self.layout.home}: this pull needs {_human(need)}, "
-                f"{_human(max(0, free - DISK_RESERVE))} is free; free space, run `warmstart gc`, or set "
+                f"not enough disk space under {self.layout.home}: this pull needs {evict.human(need)}, "
+                f"{evict.human(max(0, free - DISK_RESERVE))} is free; free space, run `warmstart gc`, or set "
                 "WARMSTART_HOME to a larger disk"
             )
+
+    # -- shared tier ---------------------------------------------------------------------------
+    def fill_from_shared(self, files: Iterable) -> int:
+        """Before a download: copy in from the shared tier every listed file (``RemoteFile``-like:
+        ``sha256``, ``git_oid``, ``key``, ``size``) that it holds and this cache lacks, in parallel, each
+        checked against what the origin listed (see :mod:`warmstart.cache.tiers.shared`). Returns bytes
+        copied; 0 without a shared tier."""
+        if self.shared is None:
+            return 0
+        wanted = self.shared.wanted(files, have=self.store.has, digest_for_key=self.index.digest_for_key)
+        if not wanted:
+            return 0
+        self.ensure_room(sum(w.size or 0 for w in wanted.values()), protect=set(wanted))
+        self.layout.tmp.mkdir(parents=True, exist_ok=True)
+        copied = 0
+        with cf.ThreadPoolExecutor(min(SHARED_WORKERS or cpu_count(), len(wanted))) as pool:
+            futures = {pool.submit(self._copy_shared, d, w.size, w.git_oid): (d, w) for d, w in wanted.items()}
+            for fut in cf.as_completed(futures):
+                d, w = futures[fut]
+                if fut.result():
+                    copied += w.size or 0
+                    if w.key:
+                        self.index.set_key(w.key, d, self.store.path(d).stat().st_size)
+        log.info("shared tier: %d bytes of %d blob(s) came from %s", copied, len(wanted), self.shared.root)
+        return copied
+
+    def _copy_shared(self, digest: str, size: int | None, git_oid: str | None) -> bool:
+        """One blob from the shared tier into the store and the index; False when it did not come."""
+        got = self.shared.fetch(digest, size, self.layout.tmp, git_oid)
+        if got is None:
+            return False
+        tmp, nbytes = got
+        self.store.publish(tmp, digest, fsync=verified_copy.FSYNC)
+        self.index.add_blob(digest, nbytes)
+        return True
 
 
 _READ_ONLY = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -111,11 +155,3 @@ def _ensure(layout: Layout) -> bool:
         log.debug("cache home %s is read-only (%s): serving cached models only", layout.home, exc.strerror)
         return True
     return not os.access(layout.home, os.W_OK)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
