@@ -269,9 +269,9 @@ class _Pull:
         cache = self.cache
         if tmp is not None:
             cache.store.publish(tmp, digest)
-            if shared and cache.shared is not None:
-                if cache.shared.publish(cache.store.path(digest), digest) and key and git_oid:
-                    cache.shared.publish_key(key, digest)  # readers check the git blob id
+            published = shared and cache.shared is not None and cache.shared.publish(cache.store.path(digest), digest)
+            if published and key and git_oid:
+                cache.shared.publish_key(key, digest)  # readers check the git blob id
         cache.index.add_blob(digest, size)
         if key:
             cache.index.set_key(key, digest, size)
@@ -297,7 +297,7 @@ def _present(cache: Cache, f: RemoteFile, opts: PullOptions) -> IndexedFile | No
 def _bring(run: _Pull, chosen: list[RemoteFile]) -> None:
     """Make every chosen file's blob present: the cache, the shared tier, then the origin (remote
     files) or the filesystem (local files)."""
-    cache, settings, opts = run.cache, run.settings, run.opts
+    cache, opts = run.cache, run.opts
 
     def missing(files: list[RemoteFile]) -> list[RemoteFile]:
         left = []
