@@ -254,7 +254,7 @@ def compile_cache(key: str, *, url: str | None = None, settings: Settings | None
     >>> with compile_cache("llama-decode"):                                         # doctest: +SKIP
     ...     out = torch.compile(model)(x)
     """
-    from .conversion.compile_cache import compile_cache as _cc
+    from .compiled.compile_cache import compile_cache as _cc
 
     return _cc(key, url=url, settings=settings)
 
@@ -264,13 +264,13 @@ def aot_compile(model, example_args: tuple, *, key: str, example_kwargs: dict | 
                 settings: Settings | None = None):
     """``model`` compiled ahead of time with AOTInductor; the package is cached, so later processes only load it.
 
-    Returns a callable (:class:`warmstart.conversion.aot.AotModel`) that runs on ``model``'s own weights,
+    Returns a callable (:class:`warmstart.compiled.aot.AotModel`) that runs on ``model``'s own weights,
     read in place. Stored like :func:`compile_cache` (cache home, or ``WARMSTART_COMPILE_CACHE=redis://…``).
 
     >>> fast = aot_compile(model, (x,), key="encoder-v1")                          # doctest: +SKIP
     >>> y = fast(x)                                                                  # doctest: +SKIP
     """
-    from .conversion.aot import aot_compile as _aot
+    from .compiled.aot import aot_compile as _aot
 
     return _aot(model, example_args, key=key, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes,
                 inductor_configs=inductor_configs, url=url, settings=settings)
