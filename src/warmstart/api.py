@@ -12,7 +12,6 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import os
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,27 +20,17 @@ from . import fetch, refs
 from .cache.manager import Cache
 from .config import Settings
 from .errors import ConfigError, NotFoundError
+from .progress import terminal_progress
 from .snapshot import Snapshot, SnapshotFile
+from .weights import weight_paths
 
 __all__ = ["pull", "load", "open", "load_into", "cache", "path", "Snapshot", "SnapshotFile", "convert",
            "save_tree", "load_tree", "compile_cache", "aot_compile"]
-
-#: what ``load(ref)`` pulls when the model is not cached yet (weights, their index, small configs)
-LOAD_INCLUDE = ("*.safetensors", "*.safetensors.index.json", "*.json")
-
 
 def _globs(value: str | Iterable[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
     return (value,) if isinstance(value, str) else tuple(value)
-
-
-def _auto_progress(settings: Settings, quiet: bool | None):
-    if quiet or (quiet is None and settings.quiet) or not sys.stderr.isatty():
-        return None
-    from .progress import RichProgress
-
-    return RichProgress()
 
 
 def pull(
@@ -69,14 +58,10 @@ def pull(
     """
     settings = settings or Settings.from_env()
     r = refs.parse(ref, revision=revision)
-    progress = _auto_progress(settings, quiet)
-    opts = fetch.PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress,
-                             in_place)
-    try:
+    with terminal_progress(settings.quiet if quiet is None else quiet) as progress:
+        opts = fetch.PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress,
+                                 in_place)
         snap = fetch.pull(r, settings, opts)
-    finally:
-        if progress is not None:
-            progress.close()
     if tier in (None, "disk"):
         return snap
     if tier != "memory":
@@ -86,43 +71,6 @@ def pull(
         raise ConfigError("--tier memory needs a RAM tier: set WARMSTART_MEMORY_DIR (e.g. /dev/shm/warmstart)")
     view = c.memory.promote(c, *snap.ref.rpartition("@")[::2], snap.files)
     return snap if to else dataclasses.replace(snap, path=view)
-
-
-def _weight_paths(path_or_ref: str | os.PathLike, settings: Settings | None,
-                  tier: str | None = None) -> list[Path]:
-    from .load import weight_files
-
-    p = Path(path_or_ref) if isinstance(path_or_ref, os.PathLike) else None
-    if p is None and isinstance(path_or_ref, str) and os.path.exists(path_or_ref):
-        p = Path(path_or_ref)
-    if p is not None:
-        if not p.exists():
-            raise NotFoundError(f"{p}: no such file or directory")
-        return [p] if p.is_file() else weight_files(p)
-    snap = pull(str(path_or_ref), include=LOAD_INCLUDE, settings=settings)
-    return _leased_weights(snap, settings or Settings.from_env(), tier)
-
-
-def _leased_weights(snap: Snapshot, settings: Settings, tier: str | None) -> list[Path]:
-    """Hold this process's lease on the snapshot (kept for the process's life, see cache/leases.py), then
-    list its weight files — from the RAM tier when ``tier="memory"`` or when it is already there."""
-    from .cache import leases
-    from .load import weight_files
-
-    c = Cache.from_settings(settings)
-    leases.hold(c.layout, snap.ref, [f.digest for f in snap.files])
-    if not all(c.store.has(f.digest) for f in snap.files):  # a gc won the race before the lease: fetch again
-        snap = pull(snap.ref, include=LOAD_INCLUDE, settings=settings, quiet=True)
-    if tier not in (None, "disk", "memory"):
-        raise builtins.ValueError(f"unknown tier {tier!r}: use 'disk' or 'memory'")
-    if c.memory is not None and tier != "disk":
-        in_ram = all(c.memory.has(f.digest, f.size) for f in snap.files)
-        if tier == "memory" or in_ram:
-            source, _, revision = snap.ref.rpartition("@")
-            return weight_files(c.memory.promote(c, source, revision, snap.files))
-    elif tier == "memory":
-        raise ConfigError("tier='memory' needs a RAM tier: set WARMSTART_MEMORY_DIR (e.g. /dev/shm/warmstart)")
-    return weight_files(snap.cache_path or snap.path)
 
 
 def load(
@@ -153,7 +101,7 @@ def load(
     >>> tensors = load("hf://sentence-transformers/all-MiniLM-L6-v2")     # doctest: +SKIP
     >>> part = load("hf://org/name", recipe="tp2.yaml", rank=1, world_size=2)   # doctest: +SKIP
     """
-    from .load import load_paths
+    from .load.model import load_paths
 
     if recipe is not None:
         converted = convert(path_or_ref, recipe, world_size=world_size, settings=settings)
@@ -161,7 +109,7 @@ def load(
     elif rank is not None or world_size is not None:
         raise builtins.ValueError("rank= and world_size= need a recipe= that splits the model")
     else:
-        paths = _weight_paths(path_or_ref, settings, tier)
+        paths = weight_paths(path_or_ref, settings, tier)
     return load_paths(paths, device=device, dtype=dtype, framework=framework, populate=populate,
                       staging_bytes=staging_bytes)
 
@@ -171,9 +119,9 @@ def open(path_or_ref: str | os.PathLike, *, framework: str = "pt", settings: Set
 
     A ref or a directory must hold exactly one weight file (else pass that file's path).
     """
-    from .load import SafeOpen
+    from .load.cpu import SafeOpen
 
-    paths = _weight_paths(path_or_ref, settings)
+    paths = weight_paths(path_or_ref, settings)
     if len(paths) != 1:
         names = ", ".join(p.name for p in paths[:4])
         raise NotFoundError(f"{path_or_ref} has {len(paths)} weight files ({names}…); open one of them by path")
@@ -184,9 +132,9 @@ def load_into(module: Any, path_or_ref: str | os.PathLike, *, device: str = "cpu
               strict: bool = True, settings: Settings | None = None, tier: str | None = None):
     """Fill ``module`` (an ``nn.Module``, possibly on the meta device) with the weights of a file,
     directory or ref; returns ``(missing_keys, unexpected_keys)`` as ``load_state_dict`` does."""
-    from .load import load_into_module
+    from .load.model import load_into_module
 
-    return load_into_module(module, _weight_paths(path_or_ref, settings, tier), device=device, dtype=dtype, strict=strict)
+    return load_into_module(module, weight_paths(path_or_ref, settings, tier), device=device, dtype=dtype, strict=strict)
 
 
 def cache(*, settings: Settings | None = None):
