@@ -16,11 +16,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from . import fetch, refs
 from .cache.manager import Cache
 from .config import Settings
 from .errors import ConfigError, NotFoundError
+from .fetch import PullOptions
+from .fetch import pull as pipeline_pull
 from .progress import terminal_progress
+from .refs import parse as parse_ref
 from .snapshot import Snapshot, SnapshotFile
 from .weights import weight_paths
 
@@ -57,11 +59,11 @@ def pull(
     >>> snap.path, snap.revision                                        # doctest: +SKIP
     """
     settings = settings or Settings.from_env()
-    r = refs.parse(ref, revision=revision)
+    r = parse_ref(ref, revision=revision)
     with terminal_progress(settings.quiet if quiet is None else quiet) as progress:
-        opts = fetch.PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress,
-                                 in_place)
-        snap = fetch.pull(r, settings, opts)
+        opts = PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress,
+                           in_place)
+        snap = pipeline_pull(r, settings, opts)
     if tier in (None, "disk"):
         return snap
     if tier != "memory":

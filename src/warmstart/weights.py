@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import fetch, refs
 from .cache import leases
 from .cache.manager import Cache
 from .config import Settings
 from .errors import ConfigError, NotFoundError
+from .fetch import PullOptions, pull
 from .load.model import weight_files
 from .progress import terminal_progress
+from .refs import parse as parse_ref
 from .snapshot import Snapshot
 
 __all__ = ["LOAD_INCLUDE", "leased_weights", "local_path", "pull_weights", "weight_paths"]
@@ -43,7 +44,7 @@ def local_path(path_or_ref: str | os.PathLike) -> Path | None:
 def pull_weights(ref: str, settings: Settings, *, quiet: bool | None = None) -> Snapshot:
     """Pull ``ref``'s weights, weight index and JSON configs (a progress bar on a terminal unless quiet)."""
     with terminal_progress(settings.quiet if quiet is None else quiet) as bar:
-        return fetch.pull(refs.parse(ref), settings, fetch.PullOptions(include=LOAD_INCLUDE, progress=bar))
+        return pull(parse_ref(ref), settings, PullOptions(include=LOAD_INCLUDE, progress=bar))
 
 
 def weight_paths(path_or_ref: str | os.PathLike, settings: Settings | None, tier: str | None = None) -> list[Path]:
