@@ -21,11 +21,11 @@ import errno
 import hashlib
 import json
 import os
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import _http
+from ._fs import atomic_write
 from .errors import CacheFullError
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class PartialFile:
         self.resumed = sum(b - a for a, b in done)
 
     def save(self) -> None:
-        _atomic_write(self.state_path, json.dumps(self.state()))
+        atomic_write(self.state_path, json.dumps(self.state()))
 
 
 def git_hasher(job: FileJob):
@@ -147,8 +147,3 @@ def preallocate(fd: int, size: int, path: Path) -> None:
         os.ftruncate(fd, size)  # filesystems without fallocate
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

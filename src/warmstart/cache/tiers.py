@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._fs import atomic_write, reflink
 from .._io import start_writeback
 from ..errors import CacheFullError
 from . import leases
@@ -59,8 +60,6 @@ FSYNC = True
 #: with FSYNC, start writeback of every this many bytes as soon as they are written (sync_file_range),
 #: so the final fsync finds little left to write; 0 disables it
 WRITEBACK_EVERY = 64 * 2**20
-#: ioctl FICLONE: share the extents of a file on the same CoW filesystem (btrfs, XFS) instead of copying
-_FICLONE = 0x40049409
 
 
 # ---------------------------------------------------------------------------------------- RAM tier
@@ -167,19 +166,6 @@ def _key_path(shared_dir: Path, key: str) -> Path:
     return Path(shared_dir) / "keys" / safe
 
 
-def _reflink(fd_in: int, fd_out: int) -> bool:
-    """Clone ``fd_in`` into ``fd_out`` when both are on one CoW filesystem; False when it cannot."""
-    try:
-        if os.fstat(fd_in).st_dev != os.fstat(fd_out).st_dev:
-            return False
-        import fcntl
-
-        fcntl.ioctl(fd_out, _FICLONE, fd_in)
-        return True
-    except (OSError, ImportError):
-        return False
-
-
 def _read_full(fd: int, view: memoryview, off: int, name: object) -> None:
     got = 0
     while got < len(view):
@@ -220,7 +206,7 @@ def _copy_verified(src: Path, dst: Path, size: int, also=None) -> str:
             raise OSError(errno.EIO, f"{src} changed size while being read")
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd_in, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        if size and _reflink(fd_in, fd_out):
+        if size and reflink(fd_in, fd_out):
             h = _hash_fd(fd_out, size, dst, also)
         else:
             h = _pipelined_copy(fd_in, fd_out, size, src, also)
@@ -358,13 +344,10 @@ def shared_publish_key(shared_dir: Path, key: str, digest: str) -> None:
     """Record which digest a file without an origin sha256 turned out to have (rename, no locks). Only a
     hint: a reader checks the copy against the git blob id its own listing gives."""
     dest = _key_path(shared_dir, key)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(digest)
-        os.replace(tmp, dest)
+        atomic_write(dest, digest)
     except OSError as exc:
-        _rm(tmp)
         log.debug("shared tier: cannot record key %s (%s)", key, exc)
 
 

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from .._fs import atomic_write
 from ..errors import WarmstartError
 from .index import FileEntry
 from .layout import Layout, repo_folder
@@ -50,9 +51,7 @@ def _write_text(path: Path, text: str) -> None:
     except OSError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def hub_snapshot_dir(layout: Layout, repo_id: str, commit: str) -> Path:

@@ -28,6 +28,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .._fs import reflink_file
 from ..errors import GatedRepoError, NotFoundError
 from ..refs import Ref
 from .base import Listing, RemoteFile, Source, safe_relpath
@@ -139,7 +140,7 @@ def _import(cache, src: Path) -> str:
 
     tmp = cache.layout.tmp / f"import-{uuid.uuid4().hex}"
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    if _reflink(src, tmp) or _hardlink(src, tmp):  # no bytes move; one read for the hash
+    if reflink_file(src, tmp) or _hardlink(src, tmp):  # no bytes move; one read for the hash
         digest = sha256_file(src).hexdigest()
     else:
         err: list[BaseException] = []
@@ -162,19 +163,6 @@ def _import(cache, src: Path) -> str:
         return digest
     cache.store.publish(tmp, digest)  # a hardlinked original becomes read-only, which protects the blob
     return digest
-
-
-def _reflink(src: Path, dst: Path) -> bool:
-    """Clone ``src`` into a new ``dst`` (FICLONE: btrfs, XFS, bcachefs); False where unsupported."""
-    import fcntl
-
-    try:
-        with open(src, "rb") as fi, open(dst, "wb") as fo:
-            fcntl.ioctl(fo.fileno(), 0x40049409, fi.fileno())  # FICLONE
-        return True
-    except OSError:
-        dst.unlink(missing_ok=True)
-        return False
 
 
 def _hardlink(src: Path, dst: Path) -> bool:
