@@ -64,6 +64,7 @@ from typing import Protocol
 
 from . import _http
 from ._io import start_writeback
+from .config import format_size
 from .errors import CacheFullError, IntegrityError, NotFoundError, TransferError, WarmstartError
 from .partial import PartialFile as _File
 from .partial import git_hasher, merge, preallocate
@@ -715,8 +716,8 @@ class Transfer:
         with self._cv:
             if self.stream_room is not None and self._room_used + n > self.stream_room:
                 raise CacheFullError(
-                    f"{f.job.name}: the origin sends more than the {_human(self.stream_room)} left in the cache "
-                    f"budget (the file's size is unknown; {_human(pos + n)} so far); raise WARMSTART_MAX_SIZE "
+                    f"{f.job.name}: the origin sends more than the {format_size(self.stream_room)} left in the cache "
+                    f"budget (the file's size is unknown; {format_size(pos + n)} so far); raise WARMSTART_MAX_SIZE "
                     "or make room with `warmstart gc`; nothing was kept")
             self._room_used += n
             f.room += n
@@ -724,7 +725,7 @@ class Transfer:
         if free < n + self.disk_reserve:
             raise CacheFullError(
                 f"{f.job.name}: not enough disk space under {self.tmp_dir} for a file of unknown size "
-                f"({_human(pos + n)} so far, {_human(free)} free); free space or set WARMSTART_HOME to a "
+                f"({format_size(pos + n)} so far, {format_size(free)} free); free space or set WARMSTART_HOME to a "
                 "larger disk; nothing was kept")
 
     def _drop_stream(self, f: _File) -> None:
@@ -884,12 +885,6 @@ def _fill(resp, view: memoryview, beat: _Beat) -> int:
     return got
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def _backoff(attempt: int) -> float:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from ..config import format_size
 from ..errors import CacheFullError
 from . import leases
 from .index import SnapshotRow
@@ -94,13 +95,13 @@ class Plan:
 
     def describe(self) -> str:
         """A human-readable plan, one action per line."""
-        lines = [f"cache uses {human(self.used_before)}"
-                 + (f", budget {human(self.budget)}" if self.budget is not None else "")]
+        lines = [f"cache uses {format_size(self.used_before)}"
+                 + (f", budget {format_size(self.budget)}" if self.budget is not None else "")]
         for a in self.actions:
-            lines.append(f"  remove {a.kind:8} {a.what}  ({human(a.bytes)}): {a.why}")
+            lines.append(f"  remove {a.kind:8} {a.what}  ({format_size(a.bytes)}): {a.why}")
         for s in self.skipped:
             lines.append(f"  keep            {s}")
-        lines.append(f"frees {human(self.freed)} in {len(self.actions)} step(s)" if self.actions
+        lines.append(f"frees {format_size(self.freed)} in {len(self.actions)} step(s)" if self.actions
                      else "nothing to remove")
         return "\n".join(lines)
 
@@ -202,15 +203,6 @@ def _remove_views(cache: Cache, row: SnapshotRow, files) -> None:
         shutil.rmtree(inside(cache.layout.hub, repo, what="hub repository"), ignore_errors=True)
 
 
-def human(n: float | None) -> str:
-    """``1234567`` -> ``'1.2 MB'``."""
-    if n is None:
-        return "unlimited"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def used_bytes(cache: Cache) -> int:
@@ -317,16 +309,16 @@ def make_room(cache: Cache, need: int, *, protect: Iterable[str] = ()) -> None:
     if budget is None:
         return
     if need > budget:
-        raise CacheFullError(f"this pull needs {human(need)} but the cache budget is {human(budget)}; "
+        raise CacheFullError(f"this pull needs {format_size(need)} but the cache budget is {format_size(budget)}; "
                              "raise WARMSTART_MAX_SIZE / --max-size")
     plan = plan_eviction(cache, budget, need=need, protect=protect)
     if plan.used_before - plan.freed + need > budget:
         raise CacheFullError(
-            f"cannot make room for {human(need)} within the budget of {human(budget)}: "
-            f"{human(plan.used_before)} is used and only {human(plan.freed)} can be evicted (the rest is "
+            f"cannot make room for {format_size(need)} within the budget of {format_size(budget)}: "
+            f"{format_size(plan.used_before)} is used and only {format_size(plan.freed)} can be evicted (the rest is "
             "pinned or in use); unpin or rm models, or raise WARMSTART_MAX_SIZE")
     if plan.actions:
-        log.info("evicting to make room for %s: %s", human(need), plan.describe())
+        log.info("evicting to make room for %s: %s", format_size(need), plan.describe())
         plan.execute()
 
 

@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..config import format_size
 from ..errors import CacheFullError, ReadOnlyCacheError
 from .index import FileEntry, Index, SnapshotRow
 from .layout import Layout
@@ -89,8 +90,8 @@ class Cache:
         free = shutil.disk_usage(self.layout.home).free
         if free - need < DISK_RESERVE:
             raise CacheFullError(
-                f"not enough disk space under {self.layout.home}: this pull needs {_human(need)}, "
-                f"{_human(max(0, free - DISK_RESERVE))} is free; free space, run `warmstart gc`, or set "
+                f"not enough disk space under {self.layout.home}: this pull needs {format_size(need)}, "
+                f"{format_size(max(0, free - DISK_RESERVE))} is free; free space, run `warmstart gc`, or set "
                 "WARMSTART_HOME to a larger disk"
             )
 
@@ -112,10 +113,3 @@ def _ensure(layout: Layout) -> bool:
         return True
     return not os.access(layout.home, os.W_OK)
 
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"

@@ -39,6 +39,7 @@ import uuid
 import zlib
 from pathlib import Path
 
+from ..config import format_size
 from ..errors import CacheFullError, IntegrityError, TransferError, UnsafePathError, WarmstartError
 from ..refs import Ref
 from .base import Listing, RemoteFile, Source, safe_relpath
@@ -315,7 +316,7 @@ def scan_tar(path: Path, layer: str, compression: str, limit: int) -> int:
                 total += size
                 if total > limit:
                     raise CacheFullError(
-                        f"tar layer {layer} unpacks to more than {_human(limit)}, the room the cache has "
+                        f"tar layer {layer} unpacks to more than {format_size(limit)}, the room the cache has "
                         "(WARMSTART_MAX_SIZE, else the free disk); nothing was written. Raise the budget or "
                         "free space if the model is really this large")
                 _skip(fh, -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE, layer)
@@ -333,12 +334,6 @@ def _room(cache) -> int:
     return max(0, shutil.disk_usage(cache.layout.home).free - DISK_RESERVE)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def _check_names(layer: str, names: list[str], taken: dict[str, str]) -> None:
@@ -427,7 +422,7 @@ def _extract(tar_path: Path, layer: str, compression: str, allowed: int, tmp_dir
                     if size > m.size or total + size > allowed:
                         raise CacheFullError(
                             f"tar layer {layer}: entry {name!r} unpacks to more bytes than the layer declares "
-                            f"({_human(allowed)} in all); stopped, nothing was kept")
+                            f"({format_size(allowed)} in all); stopped, nothing was kept")
                     h.update(chunk)
                     dst.write(chunk)
             if size != m.size:
