@@ -209,12 +209,6 @@ class MappedFile:
         data = self.bytes_np()[self.header.data_start:]
         return populate_mapping(data, method)
 
-    def advise_sequential(self) -> None:
-        try:
-            self.mm.madvise(mmap.MADV_SEQUENTIAL)
-        except (OSError, AttributeError):
-            pass
-
     def tensor(self, name: str, framework: str = "pt", dtype: Any = None) -> Any:
         """The tensor ``name`` as a view of the mapping (copied only when misaligned or cast)."""
         info = self.header.tensors.get(name)
