@@ -5,7 +5,7 @@ Written by hand rather than with requests/httpx because the transfer engine's ho
 ``warmstart pull`` on a warm cache must start in milliseconds (these libraries cost 100+ ms to import).
 
 >>> c = Client()
->>> # resp = c.request("GET", "http://127.0.0.1:8000/x", {"Range": "bytes=0-9"})   # doctest: +SKIP
+>>> resp = c.request("GET", "http://127.0.0.1:8000/x", {"Range": "bytes=0-9"})   # doctest: +SKIP
 """
 
 from __future__ import annotations
