@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .cache import leases
 from .cache.manager import Cache
 from .config import Settings
 from .errors import ConfigError, NotFoundError
 from .fetch import PullOptions, pull
-from .load.model import weight_files
 from .progress import terminal_progress
 from .refs import parse as parse_ref
 from .snapshot import Snapshot
+
+# load/ (ctypes, mmap, thread pools) and the leases are imported when first used: the CLI imports this
+# module through api for every command, and most commands never load a tensor
 
 __all__ = ["LOAD_INCLUDE", "leased_weights", "local_path", "pull_weights", "weight_paths"]
 
@@ -49,6 +50,8 @@ def pull_weights(ref: str, settings: Settings, *, quiet: bool | None = None) -> 
 
 def weight_paths(path_or_ref: str | os.PathLike, settings: Settings | None, tier: str | None = None) -> list[Path]:
     """The weight files of a file, a directory, or a ref (pulled first when needed, and leased)."""
+    from .load.model import weight_files
+
     p = local_path(path_or_ref)
     if p is not None:
         if not p.exists():
@@ -61,6 +64,9 @@ def weight_paths(path_or_ref: str | os.PathLike, settings: Settings | None, tier
 def leased_weights(snap: Snapshot, settings: Settings, tier: str | None) -> list[Path]:
     """Hold this process's lease on the snapshot (kept for the process's life, see cache/leases.py), then
     list its weight files — from the RAM tier when ``tier="memory"`` or when it is already there."""
+    from .cache import leases
+    from .load.model import weight_files
+
     c = Cache.from_settings(settings)
     leases.hold(c.layout, snap.ref, [f.digest for f in snap.files])
     if not all(c.store.has(f.digest) for f in snap.files):  # a gc won the race before the lease: fetch again
