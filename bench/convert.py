@@ -99,7 +99,7 @@ STARTUP = textwrap.dedent("""
             hit = f.hit
         t2 = time.perf_counter()
         ok = torch.allclose(y, m(x), atol=1e-4)
-    from warmstart.conversion.aot import counters as aot_counters
+    from warmstart.compiled.aot import counters as aot_counters
     print(json.dumps({"first_output_s": t2 - t1, "setup_s": t1 - t0, "process_s": t2 - t0, "hit": hit,
                       "allclose": ok, "inductor": dict(counters["inductor"]), "aot": dict(aot_counters)}))
 """)

@@ -28,6 +28,15 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+# ``warmstart.load`` and ``warmstart.cache`` each name both a subpackage and an API function. Python binds
+# a subpackage's name on its parent only when it first imports it, so both are imported here, first, and
+# the names unbound again: from then on ``__getattr__`` below answers them with the API functions, whatever
+# ``import warmstart.load``/``import warmstart.cache`` runs later. Neither package imports anything heavy.
+# (The subpackages themselves: ``from warmstart.load import load_paths``, ``from warmstart.cache import leases``.)
+from . import cache, load  # noqa: E402
+
+del cache, load
+
 _API = ("pull", "load", "open", "load_into", "cache", "Snapshot", "SnapshotFile", "path",
         "convert", "save_tree", "load_tree", "compile_cache", "aot_compile")
 

@@ -21,6 +21,7 @@ import urllib.parse
 
 from ._proxy import proxy_for, redact_userinfo
 from ._urls import URL_SAFE, check_url, host_key, printable, redact
+from .config import format_size
 from .errors import ConfigError, TransferError
 
 # re-exported: callers reach the whole client through this module
@@ -322,14 +323,14 @@ def read_bounded(resp: http.client.HTTPResponse, limit: int = METADATA_LIMIT, *,
     """
     declared = resp.length
     if declared is not None and declared > limit:
-        raise TransferError(f"{what} is larger than {_human(limit)} ({_human(declared)} announced); {hint}")
+        raise TransferError(f"{what} is larger than {format_size(limit, binary=True)} ({format_size(declared, binary=True)} announced); {hint}")
     out = bytearray()
     buf = memoryview(bytearray(min(limit + 1, 1 << 20)))
     mark_t, mark_n = time.monotonic(), 0
     while n := readinto_some(resp, buf[: min(len(buf), limit + 1 - len(out))]):
         out += buf[:n]
         if len(out) > limit:
-            raise TransferError(f"{what} is larger than {_human(limit)}; {hint}")
+            raise TransferError(f"{what} is larger than {format_size(limit, binary=True)}; {hint}")
         now = time.monotonic()
         if now - mark_t >= stall_s:
             if len(out) - mark_n < min_rate * (now - mark_t):
@@ -355,12 +356,6 @@ def load_json(data: bytes, *, what: str, hint: str):
         raise TransferError(f"{what} is not valid JSON; {hint}") from None
 
 
-def _human(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} bytes"
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -12,38 +12,27 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import os
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from . import pipeline
 from .cache.home import Cache
 from .config import Settings
 from .errors import ConfigError, NotFoundError
-from .refs import is_path
+from .pipeline import PullOptions
+from .pipeline import pull as pipeline_pull
+from .progress import terminal_progress
 from .snapshot import Snapshot, SnapshotFile
-from .sources.registry import parse
+from .sources.registry import parse as parse_ref
+from .weights import weight_paths
 
 __all__ = ["pull", "load", "open", "load_into", "cache", "path", "Snapshot", "SnapshotFile", "convert",
            "save_tree", "load_tree", "compile_cache", "aot_compile"]
-
-#: what ``load(ref)`` pulls when the model is not cached yet (weights, their index, small configs)
-LOAD_INCLUDE = ("*.safetensors", "*.safetensors.index.json", "*.json")
-
 
 def _globs(value: str | Iterable[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
     return (value,) if isinstance(value, str) else tuple(value)
-
-
-def _auto_progress(settings: Settings, quiet: bool | None):
-    if quiet or (quiet is None and settings.quiet) or not sys.stderr.isatty():
-        return None
-    from .progress import RichProgress
-
-    return RichProgress()
 
 
 def pull(
@@ -70,15 +59,11 @@ def pull(
     >>> snap.path, snap.revision                                        # doctest: +SKIP
     """
     settings = settings or Settings.from_env()
-    r = parse(ref, revision=revision)
-    progress = _auto_progress(settings, quiet)
-    opts = pipeline.PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress,
-                             in_place)
-    try:
-        snap = pipeline.pull(r, settings, opts)
-    finally:
-        if progress is not None:
-            progress.close()
+    r = parse_ref(ref, revision=revision)
+    with terminal_progress(settings.quiet if quiet is None else quiet) as progress:
+        opts = PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress,
+                           in_place)
+        snap = pipeline_pull(r, settings, opts)
     if tier in (None, "disk"):
         return snap
     if tier != "memory":
@@ -88,41 +73,6 @@ def pull(
         raise ConfigError("--tier memory needs a RAM tier: set WARMSTART_MEMORY_DIR (e.g. /dev/shm/warmstart)")
     view = c.memory.promote(*snap.ref.rpartition("@")[::2], snap.files)
     return snap if to else dataclasses.replace(snap, path=view)
-
-
-def _weight_paths(path_or_ref: str | os.PathLike, settings: Settings | None,
-                  tier: str | None = None) -> list[Path]:
-    from .load import weight_files
-
-    if is_path(path_or_ref):  # a file or directory is read where it is; a ref is pulled first
-        p = Path(os.path.expanduser(path_or_ref))
-        if not p.exists():
-            raise NotFoundError(f"{p}: no such file or directory")
-        return [p] if p.is_file() else weight_files(p)
-    snap = pull(str(path_or_ref), include=LOAD_INCLUDE, settings=settings)
-    return _leased_weights(snap, settings or Settings.from_env(), tier)
-
-
-def _leased_weights(snap: Snapshot, settings: Settings, tier: str | None) -> list[Path]:
-    """Hold this process's lease on the snapshot (kept for the process's life, see cache/leases.py), then
-    list its weight files — from the RAM tier when ``tier="memory"`` or when it is already there."""
-    from .cache import leases
-    from .load import weight_files
-
-    c = Cache.from_settings(settings)
-    leases.hold(c.layout, snap.ref, [f.digest for f in snap.files])
-    if not all(c.store.has(f.digest) for f in snap.files):  # a gc won the race before the lease: fetch again
-        snap = pull(snap.ref, include=LOAD_INCLUDE, settings=settings, quiet=True)
-    if tier not in (None, "disk", "memory"):
-        raise builtins.ValueError(f"unknown tier {tier!r}: use 'disk' or 'memory'")
-    if c.memory is not None and tier != "disk":
-        in_ram = all(c.memory.has(f.digest, f.size) for f in snap.files)
-        if tier == "memory" or in_ram:
-            source, _, revision = snap.ref.rpartition("@")
-            return weight_files(c.memory.promote(source, revision, snap.files))
-    elif tier == "memory":
-        raise ConfigError("tier='memory' needs a RAM tier: set WARMSTART_MEMORY_DIR (e.g. /dev/shm/warmstart)")
-    return weight_files(snap.cache_path or snap.path)
 
 
 def load(
@@ -153,7 +103,7 @@ def load(
     >>> tensors = load("hf://sentence-transformers/all-MiniLM-L6-v2")     # doctest: +SKIP
     >>> part = load("hf://org/name", recipe="tp2.yaml", rank=1, world_size=2)   # doctest: +SKIP
     """
-    from .load import load_paths
+    from .load.model import load_paths
 
     if recipe is not None:
         converted = convert(path_or_ref, recipe, world_size=world_size, settings=settings)
@@ -161,7 +111,7 @@ def load(
     elif rank is not None or world_size is not None:
         raise builtins.ValueError("rank= and world_size= need a recipe= that splits the model")
     else:
-        paths = _weight_paths(path_or_ref, settings, tier)
+        paths = weight_paths(path_or_ref, settings, tier)
     return load_paths(paths, device=device, dtype=dtype, framework=framework, populate=populate,
                       staging_bytes=staging_bytes)
 
@@ -171,9 +121,9 @@ def open(path_or_ref: str | os.PathLike, *, framework: str = "pt", settings: Set
 
     A ref or a directory must hold exactly one weight file (else pass that file's path).
     """
-    from .load import SafeOpen
+    from .load.cpu import SafeOpen
 
-    paths = _weight_paths(path_or_ref, settings)
+    paths = weight_paths(path_or_ref, settings)
     if len(paths) != 1:
         names = ", ".join(p.name for p in paths[:4])
         raise NotFoundError(f"{path_or_ref} has {len(paths)} weight files ({names}…); open one of them by path")
@@ -184,9 +134,9 @@ def load_into(module: Any, path_or_ref: str | os.PathLike, *, device: str = "cpu
               strict: bool = True, settings: Settings | None = None, tier: str | None = None):
     """Fill ``module`` (an ``nn.Module``, possibly on the meta device) with the weights of a file,
     directory or ref; returns ``(missing_keys, unexpected_keys)`` as ``load_state_dict`` does."""
-    from .load import load_into_module
+    from .load.model import load_into_module
 
-    return load_into_module(module, _weight_paths(path_or_ref, settings, tier), device=device, dtype=dtype, strict=strict)
+    return load_into_module(module, weight_paths(path_or_ref, settings, tier), device=device, dtype=dtype, strict=strict)
 
 
 def cache(*, settings: Settings | None = None):
@@ -198,7 +148,7 @@ def cache(*, settings: Settings | None = None):
     from .cache.manage import CacheManager
 
     settings = settings or Settings.from_env()
-    return CacheManager.open(settings, refetch=lambda ref: pull(ref, quiet=True, settings=settings), parse=parse)
+    return CacheManager.open(settings, refetch=lambda ref: pull(ref, quiet=True, settings=settings), parse=parse_ref)
 
 
 def path(what: str = "home", *, settings: Settings | None = None) -> Path:
@@ -254,7 +204,7 @@ def compile_cache(key: str, *, url: str | None = None, settings: Settings | None
     >>> with compile_cache("llama-decode"):                                         # doctest: +SKIP
     ...     out = torch.compile(model)(x)
     """
-    from .conversion.compile_cache import compile_cache as _cc
+    from .compiled.compile_cache import compile_cache as _cc
 
     return _cc(key, url=url, settings=settings)
 
@@ -264,13 +214,13 @@ def aot_compile(model, example_args: tuple, *, key: str, example_kwargs: dict | 
                 settings: Settings | None = None):
     """``model`` compiled ahead of time with AOTInductor; the package is cached, so later processes only load it.
 
-    Returns a callable (:class:`warmstart.conversion.aot.AotModel`) that runs on ``model``'s own weights,
+    Returns a callable (:class:`warmstart.compiled.aot.AotModel`) that runs on ``model``'s own weights,
     read in place. Stored like :func:`compile_cache` (cache home, or ``WARMSTART_COMPILE_CACHE=redis://…``).
 
     >>> fast = aot_compile(model, (x,), key="encoder-v1")                          # doctest: +SKIP
     >>> y = fast(x)                                                                  # doctest: +SKIP
     """
-    from .conversion.aot import aot_compile as _aot
+    from .compiled.aot import aot_compile as _aot
 
     return _aot(model, example_args, key=key, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes,
                 inductor_configs=inductor_configs, url=url, settings=settings)

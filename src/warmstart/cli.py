@@ -21,6 +21,7 @@ import click
 
 from . import errors
 from ._redact import clean, for_terminal
+from .config import format_size
 
 
 class _OneLine(logging.Formatter):
@@ -166,10 +167,6 @@ def _manager(max_size: str | None = None):
     return api.cache(settings=_settings(max_size))
 
 
-def _size(n: int | None) -> str:
-    from .cache.evict import human
-
-    return human(n)
 
 
 def _when(ts: float) -> str:
@@ -189,7 +186,7 @@ def ls_cmd(as_json: bool) -> None:
         return
     rows = [("MODEL", "REVISION", "REFS", "SIZE", "SHARED", "LAST USED", "PIN", "TIER")]
     for e in entries:
-        rows.append((e.model, e.revision[:12], ",".join(e.refs) or "-", _size(e.size), _size(e.shared),
+        rows.append((e.model, e.revision[:12], ",".join(e.refs) or "-", format_size(e.size), format_size(e.shared),
                      _when(e.last_used), "pinned" if e.pinned else "-",
                      e.tier + (f" (in use: {','.join(map(str, e.in_use_by))})" if e.in_use_by else "")))
     rows = [tuple(clean(c) for c in r) for r in rows]  # escaped before measuring, so columns line up
@@ -206,10 +203,10 @@ def du_cmd(as_json: bool) -> None:
     if as_json:
         emit_json(d)
         return
-    _echo(f"{_size(d['blob_bytes'])} in {d['blobs']} blobs, {d['snapshots']} snapshots, "
-               f"{_size(d['tmp_bytes'])} partial; budget {_size(d['budget'])}  ({d['home']})")
+    _echo(f"{format_size(d['blob_bytes'])} in {d['blobs']} blobs, {d['snapshots']} snapshots, "
+               f"{format_size(d['tmp_bytes'])} partial; budget {format_size(d['budget'])}  ({d['home']})")
     if "memory_dir" in d:
-        _echo(f"RAM tier: {_size(d['memory_bytes'])} of {_size(d['memory_budget'])}  ({d['memory_dir']})")
+        _echo(f"RAM tier: {format_size(d['memory_bytes'])} of {format_size(d['memory_budget'])}  ({d['memory_dir']})")
 
 
 def _plan_out(plan, as_json: bool, executed) -> None:
@@ -222,7 +219,7 @@ def _plan_out(plan, as_json: bool, executed) -> None:
     _echo(plan.describe())
     if executed is not None:
         _echo(f"removed {executed.snapshots} snapshot(s) and {executed.blobs} blob(s), "
-                   f"freed {_size(executed.freed)}")
+                   f"freed {format_size(executed.freed)}")
 
 
 @main.command("rm")
@@ -271,7 +268,7 @@ def verify_cmd(ref: str | None, revision: str | None, repair: bool, rebuild: boo
         emit_json({**r.to_json(), "rebuilt": rebuilt.to_json()} if rebuilt else r.to_json())
     else:
         rate = r.bytes / r.seconds / 1e6 if r.seconds else 0.0
-        _echo(f"verified {r.checked} blobs, {_size(r.bytes)} in {r.seconds:.2f}s ({rate:.0f} MB/s)")
+        _echo(f"verified {r.checked} blobs, {format_size(r.bytes)} in {r.seconds:.2f}s ({rate:.0f} MB/s)")
         for d in r.corrupt:
             _echo(f"corrupt: {d} (quarantined)")
         for d in r.missing:
@@ -331,8 +328,8 @@ def adopt_cmd(hf_cache_dir: str | None, dry_run: bool, as_json: bool) -> None:
         _echo(f"{'would adopt' if dry_run else 'adopted'} {a}")
     for s in r.skipped:
         _echo(f"skipped {s}")
-    _echo(f"linked {_size(r.linked_bytes)}, copied {_size(r.copied_bytes)}"
-               + (f"; {_size(r.would_copy)} is on another filesystem and would be copied" if r.would_copy else ""))
+    _echo(f"linked {format_size(r.linked_bytes)}, copied {format_size(r.copied_bytes)}"
+               + (f"; {format_size(r.would_copy)} is on another filesystem and would be copied" if r.would_copy else ""))
 
 
 # ------------------------------------------------------------------------------ conversion
@@ -356,7 +353,7 @@ def convert_cmd(src: str, recipe: str, world_size: int | None, shard_size: str |
     if as_json:
         emit_json(c.to_json())
         return
-    _echo(f"{'converted' if c.converted else 'cached'}: {len(c.files)} files, {_size(c.size)}, "
+    _echo(f"{'converted' if c.converted else 'cached'}: {len(c.files)} files, {format_size(c.size)}, "
                f"{c.world_size} rank(s), key {c.key[:12]}", err=True)
     click.echo(str(c.path))
 

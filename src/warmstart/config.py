@@ -50,6 +50,25 @@ def parse_size(text: str | int | None) -> int | None:
     return value or None
 
 
+def format_size(n: float | None, *, binary: bool = False) -> str:
+    """A byte count for people: powers of 1000 (``KB``, ``MB``…) or, with ``binary``, of 1024 (``KiB``…);
+    None is ``unlimited`` (no budget).
+
+    >>> format_size(1234567), format_size(999), format_size(64 * 2**20, binary=True), format_size(None)
+    ('1.2 MB', '999 B', '64.0 MiB', 'unlimited')
+    """
+    if n is None:
+        return "unlimited"
+    base, units = (1024, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else (1000, ("B", "KB", "MB", "GB", "TB"))
+    if abs(n) < base:
+        return f"{n:.0f} B"
+    for unit in units[1:-1]:
+        n /= base
+        if abs(n) < base:
+            return f"{n:.1f} {unit}"
+    return f"{n / base:.1f} {units[-1]}"
+
+
 def _size(env: Mapping[str, str], name: str, hi: int = MAX_SIZE_VALUE, lo: int = 0) -> int | None:
     """``parse_size`` of one variable, with its name and range in the error."""
     raw = env.get(name)

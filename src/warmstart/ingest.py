@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from .cache.evict import human
 from .cache.home import DISK_RESERVE, Cache
 from .cache.store import copy_file, sha256_file
+from .config import format_size
 from .errors import CacheFullError
 
 
@@ -166,7 +166,7 @@ class Sink:
                 if got > size or self.total + got > self.allowed:
                     raise CacheFullError(
                         f"{self.label}: entry {path!r} unpacks to more bytes than the layer declares "
-                        f"({human(self.allowed)} in all); stopped, nothing was kept")
+                        f"({format_size(self.allowed)} in all); stopped, nothing was kept")
                 h.update(chunk)
                 dst.write(chunk)
         self.total += got

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
+from collections.abc import Iterator
 
 
 class RichProgress:
@@ -52,3 +55,14 @@ class RichProgress:
     def close(self) -> None:
         if self._task is not None:
             self._bar.stop()
+
+
+@contextlib.contextmanager
+def terminal_progress(quiet: bool) -> Iterator[RichProgress | None]:
+    """A bar for one pull while the block runs, or None when ``quiet`` or stderr is not a terminal."""
+    bar = None if quiet or not sys.stderr.isatty() else RichProgress()
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()

@@ -67,8 +67,8 @@ def test_everything_pinned_gives_cache_full(make_model, settings):
 
 HOLDER = """
 import sys, time
-from warmstart.api import _weight_paths
-paths = _weight_paths(sys.argv[1], None)
+from warmstart.weights import weight_paths
+paths = weight_paths(sys.argv[1], None)
 print("ready", flush=True)
 time.sleep(60)
 """

@@ -113,11 +113,11 @@ def test_memory_tier_pull_and_lru_demotion(make_model, settings, tmp_path):
 
 def test_load_reads_from_the_memory_tier(settings, tmp_path):
     pytest.importorskip("torch")
-    from warmstart.api import _weight_paths
+    from warmstart.weights import weight_paths
 
     mem = tmp_path / "shm"
     s = settings(memory_dir=mem, memory_max_size=64 * MB)
-    paths = _weight_paths("hf://test-org/tiny-llama", s, "memory")
+    paths = weight_paths("hf://test-org/tiny-llama", s, "memory")
     assert all(os.path.realpath(p).startswith(str(mem)) for p in paths)
     from warmstart.api import load
 

@@ -20,8 +20,8 @@ import torch
 import warmstart
 from tests.convert.conftest import TEST_COMPILE_CACHE_KEY
 from tests.convert.test_compile_cache import _free_port, redis_url  # noqa: F401 - a fixture
-from warmstart.conversion import aot
-from warmstart.conversion.compile_cache import MAGIC, TAG_PREFIX
+from warmstart.compiled import aot
+from warmstart.compiled.compile_cache import MAGIC, TAG_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "tiny-mlp"
@@ -106,7 +106,7 @@ def test_weights_come_from_the_model_not_the_package(compiled: dict) -> None:
 
 FRESH = textwrap.dedent(f"""
     import json, sys, torch, warmstart
-    from warmstart.conversion import aot
+    from warmstart.compiled import aot
     calls = []
     def spy(name, fn):
         return lambda *a, **k: calls.append(name) or fn(*a, **k)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import warmstart
-from warmstart.conversion import compile_cache as cc
+from warmstart.compiled import compile_cache as cc
 from warmstart.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

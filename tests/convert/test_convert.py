@@ -121,14 +121,11 @@ def test_tensor_parallel_split_reads_only_its_rank(home: Path, model_dir: Path, 
     ]}
     ref = reference(model_dir)
     source_bytes = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
-    import warmstart.load.model as model_mod
+    from warmstart.load import model as model_mod
 
     seen: list[Path] = []
     real = model_mod.load_paths
     monkeypatch.setattr(model_mod, "load_paths", lambda paths, **kw: (seen.extend(paths), real(paths, **kw))[1])
-    import warmstart.load as load_pkg
-
-    monkeypatch.setattr(load_pkg, "load_paths", model_mod.load_paths)
     for rank in range(n):
         seen.clear()
         got = warmstart.load(model_dir, recipe=recipe, rank=rank, world_size=n)

@@ -30,9 +30,9 @@ import pytest
 import torch
 
 from tests.convert.test_compile_cache import redis_url  # noqa: F401 - a fixture (real loopback redis-server)
+from warmstart.compiled import aot
+from warmstart.compiled import compile_cache as cc
 from warmstart.config import Settings
-from warmstart.conversion import aot
-from warmstart.conversion import compile_cache as cc
 from warmstart.errors import ConfigError
 
 KEY = "victim-model"

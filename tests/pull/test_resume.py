@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -123,7 +124,7 @@ def test_resume_after_keyboard_interrupt(ws_home, hub, big_repo, monkeypatch):
     repo_id, data = big_repo
     digest = sha256(data)
     sink = _InterruptAfter(SIZE // 2)
-    monkeypatch.setattr(api, "_auto_progress", lambda settings, quiet: sink)
+    monkeypatch.setattr(api, "terminal_progress", lambda quiet: contextlib.nullcontext(sink))
     hub.link = Link(per_conn_bps=40e6, total_bps=80e6)  # slow enough that the interrupt lands mid-file
     with BlobWatcher(ws_home) as watcher:
         with pytest.raises(KeyboardInterrupt):
@@ -132,7 +133,7 @@ def test_resume_after_keyboard_interrupt(ws_home, hub, big_repo, monkeypatch):
         assert digest not in watcher.seen
         done = _progress(ws_home)
         assert SIZE * 3 // 8 <= done < SIZE, done
-        monkeypatch.setattr(api, "_auto_progress", lambda settings, quiet: None)
+        monkeypatch.setattr(api, "terminal_progress", lambda quiet: contextlib.nullcontext())
         _quiet(hub)  # the interrupted pull's answers end (their connections were shut down)
         hub.link = None
         hub.counters.reset()
@@ -149,7 +150,7 @@ def test_a_damaged_partial_is_not_trusted(ws_home, hub, big_repo, monkeypatch):
     digest check catches it and the file is downloaded again."""
     repo_id, data = big_repo
     sink = _InterruptAfter(SIZE // 2)
-    monkeypatch.setattr(api, "_auto_progress", lambda settings, quiet: sink)
+    monkeypatch.setattr(api, "terminal_progress", lambda quiet: contextlib.nullcontext(sink))
     hub.link = Link(per_conn_bps=40e6, total_bps=80e6)
     with pytest.raises(KeyboardInterrupt):
         warmstart.pull(f"hf://{repo_id}")
@@ -161,7 +162,7 @@ def test_a_damaged_partial_is_not_trusted(ws_home, hub, big_repo, monkeypatch):
         assert f.read(64) != b"\x00" * 64
         f.seek(1000)
         f.write(b"\x00" * 64)
-    monkeypatch.setattr(api, "_auto_progress", lambda settings, quiet: None)
+    monkeypatch.setattr(api, "terminal_progress", lambda quiet: contextlib.nullcontext())
     hub.link = None
     with BlobWatcher(ws_home) as watcher:
         snap = warmstart.pull(f"hf://{repo_id}")

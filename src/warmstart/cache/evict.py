@@ -10,8 +10,6 @@ snapshot's blobs intact (an orphan blob is harmless; the next ``gc`` removes it)
 
 >>> plan = plan_gc(cache.parts(), max_size=10**9)   # doctest: +SKIP
 >>> print(plan.describe()); plan.execute()          # doctest: +SKIP
->>> human(1234567), human(None)
-('1.2 MB', 'unlimited')
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ import os
 import time
 from collections.abc import Iterable
 
+from ..config import format_size
 from ..errors import CacheFullError, InUseError
 from . import leases, tmpdir, views
 from .index import Index, SnapshotRow
@@ -92,13 +91,13 @@ class Plan:
 
     def describe(self) -> str:
         """A human-readable plan, one action per line."""
-        lines = [f"cache uses {human(self.used_before)}"
-                 + (f", budget {human(self.budget)}" if self.budget is not None else "")]
+        lines = [f"cache uses {format_size(self.used_before)}"
+                 + (f", budget {format_size(self.budget)}" if self.budget is not None else "")]
         for a in self.actions:
-            lines.append(f"  remove {a.kind:8} {a.what}  ({human(a.bytes)}): {a.why}")
+            lines.append(f"  remove {a.kind:8} {a.what}  ({format_size(a.bytes)}): {a.why}")
         for s in self.skipped:
             lines.append(f"  keep            {s}")
-        lines.append(f"frees {human(self.freed)} in {len(self.actions)} step(s)" if self.actions
+        lines.append(f"frees {format_size(self.freed)} in {len(self.actions)} step(s)" if self.actions
                      else "nothing to remove")
         return "\n".join(lines)
 
@@ -153,15 +152,6 @@ def _remove_blobs(p: CacheParts, digests: Iterable[str]) -> tuple[int, int, list
     return count, freed, kept
 
 
-def human(n: float | None) -> str:
-    """A byte count for people: ``1234567`` -> ``'1.2 MB'``; None (no budget) -> ``'unlimited'``."""
-    if n is None:
-        return "unlimited"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 # -- planning -----------------------------------------------------------------------------------
@@ -253,16 +243,16 @@ def make_room(p: CacheParts, budget: int, need: int, *, protect: Iterable[str] =
     """Before a pull: evict LRU snapshots so that ``need`` new bytes fit in ``budget``, or raise
     :class:`CacheFullError` without touching anything."""
     if need > budget:
-        raise CacheFullError(f"this pull needs {human(need)} but the cache budget is {human(budget)}; "
+        raise CacheFullError(f"this pull needs {format_size(need)} but the cache budget is {format_size(budget)}; "
                              "raise WARMSTART_MAX_SIZE / --max-size")
     plan = plan_eviction(p, budget, need=need, protect=protect)
     if plan.used_before - plan.freed + need > budget:
         raise CacheFullError(
-            f"cannot make room for {human(need)} within the budget of {human(budget)}: "
-            f"{human(plan.used_before)} is used and only {human(plan.freed)} can be evicted (the rest is "
+            f"cannot make room for {format_size(need)} within the budget of {format_size(budget)}: "
+            f"{format_size(plan.used_before)} is used and only {format_size(plan.freed)} can be evicted (the rest is "
             "pinned or in use); unpin or rm models, or raise WARMSTART_MAX_SIZE")
     if plan.actions:
-        log.info("evicting to make room for %s: %s", human(need), plan.describe())
+        log.info("evicting to make room for %s: %s", format_size(need), plan.describe())
         plan.execute()
 
 

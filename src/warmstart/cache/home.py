@@ -18,6 +18,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..config import format_size
 from ..errors import CacheFullError, ReadOnlyCacheError
 from . import evict
 from .index import Index, IndexedFile, SnapshotRow
@@ -98,8 +99,8 @@ class Cache:
         free = shutil.disk_usage(self.layout.home).free
         if free - need < DISK_RESERVE:
             raise CacheFullError(
-                f"not enough disk space under {self.layout.home}: this pull needs {evict.human(need)}, "
-                f"{evict.human(max(0, free - DISK_RESERVE))} is free; free space, run `warmstart gc`, or set "
+                f"not enough disk space under {self.layout.home}: this pull needs {format_size(need)}, "
+                f"{format_size(max(0, free - DISK_RESERVE))} is free; free space, run `warmstart gc`, or set "
                 "WARMSTART_HOME to a larger disk"
             )
 

@@ -24,6 +24,7 @@ import threading
 import uuid
 from pathlib import Path
 
+from .._fs import fsync_dir, fsync_file
 from ..errors import IntegrityError
 from .layout import Layout
 
@@ -120,28 +121,6 @@ def git_oid_file(path: Path | str, git_oid: str) -> bool:
     """Whether the file at ``path`` has the git blob id ``git_oid`` (False for a malformed id)."""
     h = git_hasher(git_oid, os.stat(path).st_size)
     return h is not None and sha256_file(path, h=h).hexdigest() == git_oid
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a written file's data to disk (before it is renamed into place)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class BlobStore:

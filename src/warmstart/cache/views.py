@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from .._fs import atomic_write
 from ..errors import UnsafePathError, WarmstartError
 from .index import IndexedFile, SnapshotRow
 from .layout import Layout
@@ -65,9 +66,7 @@ def _write_text(path: Path, text: str) -> None:
     except OSError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def repo_folder(repo_id: str) -> str:

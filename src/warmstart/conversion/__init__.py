@@ -1,12 +1,10 @@
-"""Pay conversion once: recipes, converted and pre-sharded weights stored as derived snapshots,
-nested parameter trees, persisted ``torch.compile`` artifacts and cached AOTInductor packages.
+"""Pay conversion once: recipes, converted and pre-sharded weights stored as derived snapshots, and
+nested parameter trees. (Cached compiler output lives in :mod:`warmstart.compiled`.)
 
 >>> import warmstart
 >>> c = warmstart.convert("hf://org/name", "recipe.yaml")                       # doctest: +SKIP
 >>> shard = warmstart.load("hf://org/name", recipe="tp2.yaml", rank=0, world_size=2)   # doctest: +SKIP
 >>> warmstart.save_tree({"params": {...}}, "p.safetensors"); warmstart.load_tree("p.safetensors")  # doctest: +SKIP
->>> with warmstart.compile_cache("my-model"): ...                              # doctest: +SKIP
->>> fast = warmstart.aot_compile(model, (x,), key="my-model")                  # doctest: +SKIP
 
 Importing this package does not import torch.
 """

@@ -31,11 +31,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..cache import leases
 from ..cache.home import Cache
 from ..cache.index import IndexedFile
+from ..cache.store import sha256_file
 from ..cache.views import source_view
-from ..config import Settings
+from ..config import Settings, parse_size
 from ..errors import NotFoundError
+from ..load.model import weight_files
+from ..weights import leased_weights, local_path, pull_weights
 from .engine import execute, rank_dir, scratch_dir, source_table
 from .plan import make_plan
 from .recipe import Recipe
@@ -62,8 +66,6 @@ class Converted:
 
     def weight_paths(self, rank: int | None = None) -> list[Path]:
         """The weight files to load: all (unsplit) or only ``rank``'s (split)."""
-        from ..load import weight_files
-
         if self.world_size > 1:
             if rank is None:
                 raise ValueError(f"this model is split over {self.world_size} ranks; pass rank= and world_size=")
@@ -88,7 +90,6 @@ class _Source:
     digests: list[str]
     label: str
     parent: int | None
-    lease_key: str | None = None
 
 
 def _digest_of(cache: Cache, path: Path) -> str:
@@ -100,27 +101,21 @@ def _digest_of(cache: Cache, path: Path) -> str:
     memo = f"stat:{real}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
     digest = cache.index.digest_for_key(memo)
     if digest is None:
-        from ..cache.store import sha256_file
-
         digest = sha256_file(real).hexdigest()
         cache.index.set_key(memo, digest, st.st_size)
     return digest
 
 
 def _resolve(src: Any, cache: Cache, settings: Settings) -> _Source:
-    from ..load import weight_files
-
-    local = isinstance(src, os.PathLike) or (isinstance(src, str) and os.path.exists(src))
-    if local:
-        p = Path(src).resolve()
+    p = local_path(src)
+    if p is not None:
+        p = p.resolve()
         if not p.exists():
             raise NotFoundError(f"{p}: no such file or directory")
         paths = [p] if p.is_file() else weight_files(p)
         return _Source(paths, [_digest_of(cache, x) for x in paths], f"file://{p}", None)
-    from .. import api
-
-    snap = api.pull(str(src), include=api.LOAD_INCLUDE, settings=settings)
-    paths = api._leased_weights(snap, settings, "disk")
+    snap = pull_weights(str(src), settings)
+    paths = leased_weights(snap, settings, "disk")
     source, _, rev = snap.ref.rpartition("@")
     row = cache.snapshot(source, rev)
     return _Source(paths, [_digest_of(cache, x) for x in paths], source, row.id if row else None)
@@ -158,8 +153,6 @@ def _single_flight(cache: Cache, key: str):
 
 
 def _found(cache: Cache, key: str, row: Any, files: list[IndexedFile], t0: float) -> Converted:
-    from ..cache import leases
-
     cache.index.touch(row.id)
     leases.hold(cache.layout, f"{row.source}@{key}", [f.digest for f in files])
     meta = json.loads(row.meta or "{}")
@@ -179,8 +172,6 @@ def convert(src: Any, recipe: Any, *, world_size: int | None = None, shard_size:
     settings = settings or Settings.from_env()
     r = Recipe.load(recipe).with_world_size(world_size)
     if shard_size is not None:
-        from ..config import parse_size
-
         r = dataclasses.replace(r, shard_size=parse_size(shard_size) or r.shard_size)
     cache = Cache.from_settings(settings)
     source = _resolve(src, cache, settings)
@@ -197,8 +188,6 @@ def convert(src: Any, recipe: Any, *, world_size: int | None = None, shard_size:
         try:
             outs = execute(plan, source.paths, scratch, shard_size=r.shard_size,
                            metadata={"warmstart_key": key, "warmstart_recipe": r.digest()})
-            from ..cache import leases
-
             label = f"{source.label}#derived"
             leases.hold(cache.layout, f"{label}@{key}", [o.digest for o in outs])  # gc must not take them
             for o in outs:

@@ -29,14 +29,14 @@ from ..load.cpu import MappedFile
 from .plan import Node, Plan, evaluate
 from .writer import ShardWriter
 
-__all__ = ["OutFile", "execute", "rank_dir"]
+__all__ = ["OutputFile", "execute", "rank_dir"]
 
 log = logging.getLogger(__name__)
 _PAGE = mmap.PAGESIZE
 
 
 @dataclasses.dataclass(frozen=True)
-class OutFile:
+class OutputFile:
     """One written output file: its path in the derived snapshot, where it lies now, digest and size."""
 
     path: str
@@ -83,14 +83,14 @@ class _Sources:
 
 
 def execute(plan: Plan, paths: list[Path], out_dir: Path, *, shard_size: int, metadata: dict[str, str],
-            on_file: Callable[[OutFile], None] | None = None) -> list[OutFile]:
+            on_file: Callable[[OutputFile], None] | None = None) -> list[OutputFile]:
     """Write every rank's shards under ``out_dir`` (a scratch directory); returns the files written.
 
     ``on_file`` is called after each file is complete (the caller may publish it at once).
     On any error the partial file is deleted and the error propagates.
     """
     src = _Sources(paths)
-    out: list[OutFile] = []
+    out: list[OutputFile] = []
     n = plan.world_size
     groups = _group(list(plan.outputs), shard_size)
     for rank in range(n):
@@ -116,7 +116,7 @@ def execute(plan: Plan, paths: list[Path], out_dir: Path, *, shard_size: int, me
             except BaseException:
                 writer.abort()
                 raise
-            f = OutFile(rel, tmp, digest, writer.size)
+            f = OutputFile(rel, tmp, digest, writer.size)
             out.append(f)
             if on_file:
                 on_file(f)
@@ -130,7 +130,7 @@ def execute(plan: Plan, paths: list[Path], out_dir: Path, *, shard_size: int, me
             tmp.write_text(text)
             import hashlib
 
-            f = OutFile(rel, tmp, hashlib.sha256(text.encode()).hexdigest(), len(text.encode()))
+            f = OutputFile(rel, tmp, hashlib.sha256(text.encode()).hexdigest(), len(text.encode()))
             out.append(f)
             if on_file:
                 on_file(f)

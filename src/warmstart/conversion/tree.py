@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._fs import atomic_path
 from ..errors import InvalidCheckpointError, RecipeError
 
 __all__ = ["save_tree", "load_tree", "escape", "unescape", "TREE_KEY"]
@@ -105,16 +106,11 @@ def save_tree(tree: Any, path: str | os.PathLike, *, metadata: Mapping[str, str]
     meta = {**(metadata or {}), TREE_KEY: json.dumps(structure, separators=(",", ":")), "format": "pt"}
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    w = ShardWriter(tmp, [(k, tuple(t.shape), t.dtype) for k, t in tensors.items()], metadata=meta)
-    try:
+    with atomic_path(dest) as tmp:
+        w = ShardWriter(tmp, [(k, tuple(t.shape), t.dtype) for k, t in tensors.items()], metadata=meta)
         for name, _s, _d in w.items:
             w.write(name, tensors[name])
-        w.close()
-    except BaseException:
-        w.abort()
-        raise
-    os.replace(tmp, dest)
+        w.close()  # fsyncs
     return dest
 
 

@@ -63,7 +63,6 @@ class ShardWriter:
         self.data_size = offset
         raw = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
         raw += b" " * ((-(8 + len(raw))) % ALIGN)
-        self.header_bytes = len(raw)
         self.size = 8 + len(raw) + offset
         self._next = 0
         self._hash = hashlib.sha256()

@@ -12,26 +12,14 @@ Semantics (decided and tested):
 * ``dtype=`` casts floating-point tensors (which necessarily copies); integer, bool and complex
   tensors keep their stored dtype (like ``from_pretrained(torch_dtype=...)``).
 
-``populate`` makes every page resident before returning. Measured on the dev box (2 vCPU VM,
-Linux 6.18, virtio disk; 1.6 GB file, median of 3-5; warm = already in page cache)::
-
-    method                          warm      cold     notes
-    MADV_POPULATE_READ, 2 threads   0.002 s   0.58 s   default ("madvise")
-    MADV_POPULATE_READ, 1 thread    0.003 s   0.64 s
-    touch 1 byte/page, 2 threads    0.005 s   0.70 s   ("touch"; fallback before Linux 5.14)
-    touch 1 byte/page, 1 thread     0.008 s   0.83 s
-    MADV_WILLNEED + touch           0.006 s   0.59-0.68 s  ("willneed")
-    WILLNEED + POPULATE_READ        -         0.59 s   ("willneed+madvise")
-    MAP_POPULATE (PROT_READ map)    0.001 s   0.53 s   not usable: on our private writable map
-                                                       it write-faults (breaks COW = full copy)
-    sequential 16 MiB preads        -         0.86 s   (the disk limit, for reference)
-
-Differences between the madvise variants are within noise (the 2.7 GB run of bench/load.py gave
-1.01 / 1.11 / 1.10 / 1.19 s cold); MADV_POPULATE_READ is kept as the default because it is one
-syscall per 64 MiB, needs no Python per page, and never dirties a page.
+``populate`` makes every page resident before returning: by default ``MADV_POPULATE_READ`` from two
+threads ("madvise"; touching one byte per page before Linux 5.14). The madvise variants measure alike
+(docs/benchmarks.md, "Populate methods"); this one is the default because it is one syscall per 64 MiB,
+needs no Python per page, and never dirties a page. ``MAP_POPULATE`` is not usable: on this private
+writable mapping it write-faults every page (breaking copy-on-write: a full copy).
 
 >>> tensors = load_file("model.safetensors")                  # doctest: +SKIP
->>> tensors["lm_head.weight"].data_ptr() != 0                  # a view of the page cache
+>>> tensors["lm_head.weight"].data_ptr() != 0                  # a view of the page cache  # doctest: +SKIP
 True
 """
 
@@ -208,12 +196,6 @@ class MappedFile:
     def populate(self, method: str = "madvise") -> str:
         data = self.bytes_np()[self.header.data_start:]
         return populate_mapping(data, method)
-
-    def advise_sequential(self) -> None:
-        try:
-            self.mm.madvise(mmap.MADV_SEQUENTIAL)
-        except (OSError, AttributeError):
-            pass
 
     def tensor(self, name: str, framework: str = "pt", dtype: Any = None) -> Any:
         """The tensor ``name`` as a view of the mapping (copied only when misaligned or cast)."""

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from warmstart.errors import InvalidCheckpointError, NotFoundError
@@ -329,7 +328,3 @@ def spec_for(path: str, name: str, dtype: str, framework: str) -> DtypeSpec:
         hint = f"load it with framework={other!r}" if other and spec.torch else "convert the checkpoint"
         raise _fail(path, f"tensor {name!r}", f"dtype {dtype} has no {framework} equivalent", hint)
     return spec
-
-
-def as_path(p: str | os.PathLike[str]) -> Path:
-    return Path(os.fspath(p))

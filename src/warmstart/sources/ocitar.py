@@ -21,6 +21,7 @@ import tarfile
 import zlib
 from pathlib import Path
 
+from ..config import format_size
 from ..errors import CacheFullError, IntegrityError, UnsafePathError
 from .base import RemoteFile, Sink, Unpacker, safe_relpath
 
@@ -153,7 +154,7 @@ def scan_tar(path: Path, layer: str, compression: str, limit: int) -> int:
                 total += size
                 if total > limit:
                     raise CacheFullError(
-                        f"tar layer {layer} unpacks to more than {_human(limit)}, the room the cache has "
+                        f"tar layer {layer} unpacks to more than {format_size(limit)}, the room the cache has "
                         "(WARMSTART_MAX_SIZE, else the free disk); nothing was written. Raise the budget or "
                         "free space if the model is really this large")
                 _skip(fh, -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE, layer)
@@ -162,12 +163,6 @@ def scan_tar(path: Path, layer: str, compression: str, limit: int) -> int:
     return total
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def _check_names(layer: str, names: list[str], taken: dict[str, str]) -> None:

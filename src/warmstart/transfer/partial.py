@@ -16,9 +16,9 @@ import errno
 import hashlib
 import json
 import os
-import threading
 from pathlib import Path
 
+from .._fs import atomic_write
 from .._urls import redact
 from ..errors import CacheFullError
 from .job import FileJob
@@ -115,7 +115,7 @@ class PartialFile:
                 pass
 
     def save(self) -> None:
-        _atomic_write(self.state_path, json.dumps(self.state()))
+        atomic_write(self.state_path, json.dumps(self.state()))
 
 
 def git_hasher(job: FileJob):
@@ -140,8 +140,3 @@ def preallocate(fd: int, size: int, path: Path) -> None:
         os.ftruncate(fd, size)  # filesystems without fallocate
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

@@ -11,6 +11,7 @@ import shutil
 import threading
 
 from .._http import Client, HTTPStatusError, drain, headers_of
+from ..config import format_size
 from ..errors import CacheFullError, IntegrityError
 from .partial import PartialFile, git_hasher
 from .shared import Shared
@@ -82,8 +83,8 @@ def take_room(shared: Shared, f: PartialFile, n: int, pos: int) -> None:
     with shared.cv:
         if s.stream_room is not None and shared.room_used + n > s.stream_room:
             raise CacheFullError(
-                f"{f.job.name}: the origin sends more than the {_human(s.stream_room)} left in the cache "
-                f"budget (the file's size is unknown; {_human(pos + n)} so far); raise WARMSTART_MAX_SIZE "
+                f"{f.job.name}: the origin sends more than the {format_size(s.stream_room)} left in the cache "
+                f"budget (the file's size is unknown; {format_size(pos + n)} so far); raise WARMSTART_MAX_SIZE "
                 "or make room with `warmstart gc`; nothing was kept")
         shared.room_used += n
         f.room += n
@@ -91,7 +92,7 @@ def take_room(shared: Shared, f: PartialFile, n: int, pos: int) -> None:
     if free < n + s.disk_reserve:
         raise CacheFullError(
             f"{f.job.name}: not enough disk space under {s.tmp_dir} for a file of unknown size "
-            f"({_human(pos + n)} so far, {_human(free)} free); free space or set WARMSTART_HOME to a "
+            f"({format_size(pos + n)} so far, {format_size(free)} free); free space or set WARMSTART_HOME to a "
             "larger disk; nothing was kept")
 
 
@@ -104,9 +105,3 @@ def drop_stream(shared: Shared, f: PartialFile) -> None:
     f.remove()
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"

@@ -35,10 +35,10 @@ import logging
 import os
 import platform
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
+from .._fs import atomic_write
 from ..config import Settings
 from ..errors import ConfigError
 
@@ -94,9 +94,7 @@ class _FileBackend:
 
     def put(self, digest: str, data: bytes) -> bool:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{digest}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self.root / digest)
+        atomic_write(self.root / digest, data)
         return True
 
 

@@ -108,8 +108,8 @@ class _Runner:
     """Calls a loaded package like the exported model: inputs flattened as export saw them, outputs rebuilt.
 
     Built on ``torch._C._aoti.AOTIModelPackageLoader`` directly rather than ``aoti_load_package``: that
-    one imports Inductor (about 1.2 s) and, in a process whose Inductor cache is empty, compiles six CPU
-    ISA probe programs (about 7 s here) only to warn on a mismatch the cache key already rules out.
+    one imports Inductor and, in a process whose Inductor cache is empty, compiles six CPU ISA probe
+    programs, only to warn on a mismatch the cache key already rules out (what that costs: docs/convert.md).
     """
 
     def __init__(self, loader: Any) -> None:
