@@ -300,7 +300,9 @@ def small_tmpfs() -> Iterator[Path]:
 def test_full_disk_for_real_is_one_line(repo, ws_home, small_tmpfs, monkeypatch):
     ref, _ = repo
     home = small_tmpfs / "home"
-    monkeypatch.setattr("warmstart.cache.home.DISK_RESERVE", 0)
+    from warmstart.cache import home as cache_home  # `warmstart.cache` itself is the API function
+
+    monkeypatch.setattr(cache_home, "DISK_RESERVE", 0)
     warmstart.pull(ref, settings=_settings(home))
     with open(small_tmpfs / "filler", "wb") as f:  # fill the disk
         try:
