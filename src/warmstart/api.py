@@ -20,7 +20,7 @@ from typing import Any
 from . import fetch, refs
 from .cache.manager import Cache
 from .config import Settings
-from .errors import ConfigError, NotFoundError
+from .errors import ConfigError, NotFoundError, ReadOnlyCacheError
 from .snapshot import Snapshot, SnapshotFile
 
 __all__ = ["pull", "load", "open", "load_into", "cache", "path", "Snapshot", "SnapshotFile", "convert",
@@ -34,6 +34,13 @@ def _globs(value: str | Iterable[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
     return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _agent_client():
+    """The node agent's client (standard library only; it never imports the agent's server)."""
+    from .agent import client
+
+    return client
 
 
 def _auto_progress(settings: Settings, quiet: bool | None):
@@ -56,6 +63,8 @@ def pull(
     settings: Settings | None = None,
     tier: str | None = None,
     in_place: bool = False,
+    progress: Any = None,
+    agent: bool | None = None,
 ) -> Snapshot:
     """Make ``ref`` complete in the cache and return its :class:`Snapshot`.
 
@@ -64,16 +73,31 @@ def pull(
     cached branch needs one; offline, the cache answers alone. ``tier="memory"`` also copies it into the
     RAM tier and returns that view as ``path`` (unless ``to`` is given).
 
+    With a node agent (``WARMSTART_AGENT``, or an answering ``<home>/agent.sock``) the agent pulls and
+    this process reads the result from the cache (``agent=False``: never delegate). ``progress``: a sink
+    with ``start(total_bytes, total_files)``, ``advance(n)``, ``file_done()``, ``close()``.
+
     >>> snap = pull("hf://org/name@main", include="*.safetensors")    # doctest: +SKIP
     >>> snap.path, snap.revision                                        # doctest: +SKIP
     """
     settings = settings or Settings.from_env()
     r = refs.parse(ref, revision=revision)
-    progress = _auto_progress(settings, quiet)
+    address = None if agent is False or in_place else _agent_client().find_agent(settings.home)
+    if address is not None:  # the agent writes; this process reads the cached result, offline
+        done = _agent_client().pull(address, ref, revision=revision, include=_globs(include),
+                                    exclude=_globs(exclude), tier=tier)
+        r = refs.parse(done["ref"])
+        settings = dataclasses.replace(settings, offline=True)
+    progress = progress if progress is not None else _auto_progress(settings, quiet)
     opts = fetch.PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress,
                              in_place)
     try:
         snap = fetch.pull(r, settings, opts)
+    except ReadOnlyCacheError as exc:
+        if address is not None or agent is False:
+            raise
+        raise ReadOnlyCacheError(f"{exc}, or start the node agent (`warmstart agent`) or set WARMSTART_AGENT "
+                                 "to its socket or http://HOST:PORT so that it pulls for you") from None
     finally:
         if progress is not None:
             progress.close()
