@@ -56,7 +56,7 @@ class AgentProcess:
             args += ["--listen", self.listen]
         if self.token_file:
             args += ["--token-file", str(self.token_file)]
-        self._fh = open(self.log, "w")
+        self._fh = open(self.log, "w")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(args, env=self.env, stdout=self._fh, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not client.AgentAddress(unix=self.socket).answers():
