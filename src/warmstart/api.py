@@ -20,7 +20,7 @@ from typing import Any
 from . import fetch, refs
 from .cache.manager import Cache
 from .config import Settings
-from .errors import ConfigError, NotFoundError, ReadOnlyCacheError
+from .errors import ConfigError, NotFoundError, OfflineError, ReadOnlyCacheError
 from .snapshot import Snapshot, SnapshotFile
 
 __all__ = ["pull", "load", "open", "load_into", "cache", "path", "Snapshot", "SnapshotFile", "convert",
@@ -93,6 +93,11 @@ def pull(
                              in_place)
     try:
         snap = fetch.pull(r, settings, opts)
+    except OfflineError:
+        if address is None:
+            raise
+        raise NotFoundError(f"the agent at {address} pulled {ref}, but it is not in this process's cache home "
+                            f"{settings.home}; set WARMSTART_HOME to the agent's home (mounted here)") from None
     except ReadOnlyCacheError as exc:
         if address is not None or agent is False:
             raise
