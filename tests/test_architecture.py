@@ -31,6 +31,7 @@ RANKS = {
     "warmstart.conversion": 9, "warmstart.compiled": 9,
     "warmstart.api": 10,
     "warmstart.agent": 11, "warmstart.vllm_plugin": 11,
+    "warmstart.agent.client": 9,  # standard library only: api delegates pulls through it
     "warmstart.cli": 12,
     "warmstart": 13,  # the package's __init__: re-exports the API lazily
 }

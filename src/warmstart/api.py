@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ from typing import Any
 
 from .cache.home import Cache
 from .config import Settings
-from .errors import ConfigError, NotFoundError
+from .errors import ConfigError, NotFoundError, OfflineError, ReadOnlyCacheError
 from .pipeline import PullOptions
 from .pipeline import pull as pipeline_pull
 from .progress import terminal_progress
@@ -35,6 +36,13 @@ def _globs(value: str | Iterable[str] | None) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def _agent_client():
+    """The node agent's client (standard library only; it never imports the agent's server)."""
+    from .agent import client
+
+    return client
+
+
 def pull(
     ref: str,
     *,
@@ -47,6 +55,8 @@ def pull(
     settings: Settings | None = None,
     tier: str | None = None,
     in_place: bool = False,
+    progress: Any = None,
+    agent: bool | None = None,
 ) -> Snapshot:
     """Make ``ref`` complete in the cache and return its :class:`Snapshot`.
 
@@ -55,15 +65,37 @@ def pull(
     cached branch needs one; offline, the cache answers alone. ``tier="memory"`` also copies it into the
     RAM tier and returns that view as ``path`` (unless ``to`` is given).
 
+    With a node agent (``WARMSTART_AGENT``, or an answering ``<home>/agent.sock``) the agent pulls and
+    this process reads the result from the cache (``agent=False``: never delegate). ``progress``: a sink
+    with ``start(total_bytes, total_files)``, ``advance(n)``, ``file_done()``, ``close()``.
+
     >>> snap = pull("hf://org/name@main", include="*.safetensors")    # doctest: +SKIP
     >>> snap.path, snap.revision                                        # doctest: +SKIP
     """
     settings = settings or Settings.from_env()
     r = parse_ref(ref, revision=revision)
-    with terminal_progress(settings.quiet if quiet is None else quiet) as progress:
-        opts = PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, progress,
-                           in_place)
-        snap = pipeline_pull(r, settings, opts)
+    address = None if agent is False or in_place else _agent_client().find_agent(settings.home)
+    if address is not None:  # the agent writes; this process reads the cached result, offline
+        done = _agent_client().pull(address, ref, revision=revision, include=_globs(include),
+                                    exclude=_globs(exclude), tier=tier)
+        r = parse_ref(done["ref"])
+        settings = dataclasses.replace(settings, offline=True)
+    bar = contextlib.nullcontext(progress) if progress is not None else \
+        terminal_progress(settings.quiet if quiet is None else quiet)
+    with bar as shown:
+        opts = PullOptions(_globs(include), _globs(exclude), Path(to) if to else None, link, shown, in_place)
+        try:
+            snap = pipeline_pull(r, settings, opts)
+        except OfflineError:
+            if address is None:
+                raise
+            raise NotFoundError(f"the agent at {address} pulled {ref}, but it is not in this process's cache "
+                                f"home {settings.home}; set WARMSTART_HOME to the agent's home (mounted here)") from None
+        except ReadOnlyCacheError as exc:
+            if address is not None or agent is False:
+                raise
+            raise ReadOnlyCacheError(f"{exc}, or start the node agent (`warmstart agent`) or set WARMSTART_AGENT "
+                                     "to its socket or http://HOST:PORT so that it pulls for you") from None
     if tier in (None, "disk"):
         return snap
     if tier != "memory":
