@@ -70,7 +70,8 @@ def test_adopt_a_cache_written_by_huggingface_hub(hub, tmp_path, settings, monke
     assert {f.path for f in snap.files} == {p.name for p in (hf_cache.glob("models--*/snapshots/*/*"))}
 
 
-def test_adopt_dry_run_and_missing_dir(tmp_path, settings, hub):
+def test_adopt_missing_dir_is_one_line(tmp_path, settings, hub):
+    """(``adopt --dry-run`` itself: tests/pull/test_cli_options.py.)"""
     r = CliRunner().invoke(main, ["adopt", str(tmp_path / "nope")])
-    assert r.exit_code in (1, 2)
-    assert "Traceback" not in r.output
+    assert r.exit_code == 1 and "no Hugging Face cache there" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
