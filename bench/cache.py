@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from warmstart.cache import views  # noqa: E402
 from warmstart.cache.index import IndexedFile  # noqa: E402
 from warmstart.cache.manage import CacheManager  # noqa: E402
 from warmstart.cache.store import cpu_count  # noqa: E402
@@ -210,6 +211,7 @@ def bench_verify(root: Path, blob_mb: int, blobs: int, runs: int) -> dict:
         datas.append(data)
         entries.append(IndexedFile(f"w{i}.safetensors", m.store.put_bytes(data), len(data), None))
     m.index.add_snapshot("hf://bench/verify", "f" * 40, entries)
+    views.hub_view(m.layout, "bench/verify", "f" * 40, entries)  # verify also checks the views
     total = sum(len(d) for d in datas)
 
     def mem_hash(threads: int, which: list[bytes]) -> float:
