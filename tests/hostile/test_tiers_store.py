@@ -300,6 +300,70 @@ def test_corrupt_shared_blob_under_a_link_out_is_skipped_not_fatal(hub, repo, tm
     assert "removed it" not in caplog.text.replace("could not remove it", "")
 
 
+# ------------------------------------------------------------------------- review: the RAM tier
+
+
+def _tamper(path: Path, data: bytes) -> None:
+    os.chmod(path, 0o644)
+    path.write_bytes(data)
+
+
+def test_ram_copy_changed_after_promotion_is_never_served(repo, tmp_path, ws_home, caplog):
+    """A RAM copy rewritten in place (same size, other bytes) is re-hashed, dropped and copied again from
+    the verified disk blob; ``verify`` reports (and drops) such a copy too."""
+    ref, files = repo
+    s = _settings(ws_home, memory_dir=tmp_path / "mem")
+    snap = warmstart.pull(ref, settings=s, tier="memory")
+    cfg = next(f for f in snap.files if f.path == "config.json")
+    ram_blob = tmp_path / "mem" / "blobs" / "sha256" / cfg.digest[:2] / cfg.digest
+    assert (snap.path / "config.json").resolve() == ram_blob.resolve()
+    bad = b'{"EVIL": 1}'.ljust(len(CONFIG), b" ")
+    _tamper(ram_blob, bad)
+    with caplog.at_level(logging.WARNING, logger="warmstart"):
+        snap = warmstart.pull(ref, settings=s, tier="memory")
+    assert (snap.path / "config.json").read_bytes() == CONFIG
+    assert warmstart.load(ref, settings=s)["a.weight"].shape == (64, 32)
+    assert "does not hash to its digest" in caplog.text
+    _tamper(ram_blob, bad)
+    report = warmstart.cache(settings=s).verify()
+    assert not report.ok and report.memory_corrupt == (cfg.digest,)
+    assert not ram_blob.exists()
+
+
+def test_ram_tier_never_writes_through_a_link_out_of_its_root(repo, tmp_path, ws_home):
+    ref, _ = repo
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    mem = tmp_path / "mem"
+    (mem / "blobs").mkdir(parents=True)
+    os.symlink(elsewhere, mem / "blobs" / "sha256")
+    s = _settings(ws_home, memory_dir=mem)
+    warmstart.pull(ref, settings=s)
+    with pytest.raises(warmstart.errors.ConfigError, match="symbolic link"):
+        warmstart.pull(ref, settings=s, tier="memory")
+    assert list(elsewhere.iterdir()) == []
+    from warmstart.cache.tiers.memory import MemoryTier
+
+    tier = MemoryTier(mem, disk=warmstart.cache(settings=s).layout)
+    with pytest.raises(warmstart.errors.UnsafePathError):  # below the root check: each directory is checked
+        tier._make_dirs(mem / "blobs" / "sha256" / "ab")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_ram_root_writable_by_others_is_refused_unless_sticky_and_yours(repo, tmp_path, ws_home):
+    ref, files = repo
+    mem = tmp_path / "mem"
+    mem.mkdir()
+    s = _settings(ws_home, memory_dir=mem)
+    warmstart.pull(ref, settings=s)
+    os.chmod(mem, 0o777)
+    with pytest.raises(warmstart.errors.ConfigError, match="writable by other users"):
+        warmstart.pull(ref, settings=s, tier="memory")
+    os.chmod(mem, 0o1777)  # like /tmp, and owned by this user: others cannot replace this user's files
+    snap = warmstart.pull(ref, settings=s, tier="memory")
+    assert (snap.path / "config.json").read_bytes() == files["config.json"]
+
+
 # ------------------------------------------------------------------- finding 10: publish replaces
 
 
