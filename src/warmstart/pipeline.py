@@ -256,6 +256,13 @@ class _Pull:
             self._leases.append(leases.acquire(self.cache.layout, new, snapshots=[str(self.ref)]))
             self._leased |= new
 
+    def lease_more(self, digests: set[str]) -> None:
+        """Lease ``digests`` too (blobs this pull may reuse, leased before it checks they are present)."""
+        new = digests - self._leased
+        if new:
+            self._leases.append(leases.acquire(self.cache.layout, new, snapshots=[str(self.ref)]))
+            self._leased |= new
+
     def release(self) -> None:
         for held in self._leases:
             held.release()
@@ -294,12 +301,42 @@ def _present(cache: Cache, f: RemoteFile, opts: PullOptions) -> IndexedFile | No
     return None
 
 
+def _known_digest(cache: Cache, f: RemoteFile, opts: PullOptions) -> str | None:
+    """The digest the cache would reuse for listed file ``f``, if it knows one."""
+    if ingest.is_local(f):
+        return cache.digest_for_key(_local_key(f, opts))
+    return f.sha256 or cache.digest_for_key(f.key)
+
+
+#: how many times a pull fetches again blobs an ``rm``/``gc`` removed while it ran
+_REFETCHES = 3
+
+
 def _bring(run: _Pull, chosen: list[RemoteFile]) -> None:
+    """Make every chosen file's blob present (see :func:`_bring_once`), then check that each still is
+    right before the snapshot is recorded: an ``rm`` or ``gc`` that checked the leases just before this
+    pull took them may still have removed one; such files are brought again."""
+    _bring_once(run, chosen)
+    for _ in range(_REFETCHES):
+        gone = [f for f in chosen if f.path in run.entries and not run.cache.store.has(run.entries[f.path].digest)]
+        if not gone:
+            return
+        log.info("%d blob(s) of %s were removed while it was pulled; fetching them again", len(gone), run.ref)
+        for f in gone:
+            del run.entries[f.path]
+        _bring_once(run, gone)
+    raise NotFoundError(f"{run.ref}: its blobs keep being removed while it is pulled (a concurrent `warmstart rm` "
+                        "or `gc`?); pull again when they have finished")
+
+
+def _bring_once(run: _Pull, chosen: list[RemoteFile]) -> None:
     """Make every chosen file's blob present: the cache, the shared tier, then the origin (remote
-    files) or the filesystem (local files)."""
+    files) or the filesystem (local files). A blob the cache already has is leased before it is
+    found present, so an ``rm`` or ``gc`` from then on keeps it."""
     cache, opts = run.cache, run.opts
 
     def missing(files: list[RemoteFile]) -> list[RemoteFile]:
+        run.lease_more({d for f in files if (d := _known_digest(cache, f, opts))})
         left = []
         for f in files:
             entry = _present(cache, f, opts)
