@@ -1,13 +1,15 @@
 """The pull pipeline: the one path by which any source's files reach the cache.
 
 Steps, in order: (1) a pinned revision that is cached, or offline mode, is answered from the cache
-alone; (2) the source lists the files (an unreachable origin falls back to the cache); (3) files
-already in the cache are leased; (4) the shared tier is asked for the rest; (5) the cache makes room
+alone; (2) the source lists the files (an unreachable origin falls back to the cache); (3) the blobs
+the cache may already hold are leased, then checked to be present (so an ``rm``/``gc`` from then on keeps
+them); (4) the shared tier is asked for the rest; (5) the cache makes room
 for what is left (budget and disk, never evicting this pull's blobs, dropping RAM copies of what it
 evicts); (6) the transfer engine fetches and verifies remote files and :mod:`warmstart.ingest`
 imports local ones; each is published to the blob store and the shared tier, indexed and leased;
 (7) blobs the source unpacks (OCI tar layers) are measured, room is made, the hook streams their
-files into capped temporary files, which are published like the rest; (8) the snapshot is recorded,
+files into capped temporary files, which are published like the rest; (8) every blob is checked to be
+still there (one an ``rm`` removed just before the lease is fetched again), the snapshot is recorded,
 then the leases are released; (9) the views are made.
 """
 
