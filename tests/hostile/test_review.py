@@ -116,3 +116,59 @@ def test_a_reused_blob_removed_during_the_pull_is_never_recorded_missing(hub, ws
         assert f.blob.exists(), f.path
         assert (snap.path / f.path).read_bytes() == new[f.path]
     assert warmstart.cache(settings=s).verify().ok
+
+
+# ------------------------------------------------------------------ snapshot folder names never collide
+
+
+def test_two_sources_never_share_a_snapshot_folder(http_origin, ws_home):
+    """``…/a-b/…`` and ``…/a~b/…`` (and two long URLs alike in their first 200 characters) are different
+    sources: serving the same bytes (so the same revision), each keeps its own view, and ``rm`` of one
+    leaves the other's view whole."""
+    long = "x" * 230
+    s = _settings(ws_home)
+    for left, right in [("a-b/w.bin", "a~b/w.bin"), (f"{long}/1/w.bin", f"{long}/2/w.bin")]:
+        http_origin.put(left, b"the same bytes")
+        http_origin.put(right, b"the same bytes")
+        a = warmstart.pull(http_origin.url(left), settings=s)
+        b = warmstart.pull(http_origin.url(right), settings=s)
+        assert a.revision == b.revision and a.path != b.path
+        warmstart.cache(settings=s).rm(http_origin.url(left))
+        assert not a.path.exists()
+        assert (b.path / "w.bin").read_bytes() == b"the same bytes"
+        assert warmstart.cache(settings=s).verify().ok
+
+
+def test_a_view_under_the_old_folder_name_is_rebuilt_and_removed(http_origin, ws_home):
+    """A view made by an earlier version (folder name without the hash) keeps working: the next pull makes
+    the view under the new name, ``rm`` removes both, and a rebuilt index names the source exactly."""
+    import shutil
+
+    from warmstart.cache.views import _legacy_folder
+
+    http_origin.put("old/w.bin", b"weights")
+    ref = http_origin.url("old/w.bin")
+    s = _settings(ws_home)
+    snap = warmstart.pull(ref, settings=s)
+    key = warmstart.cache(settings=s).index.snapshots()[0].source
+    old = snap.path.parent.with_name(_legacy_folder(key)) / snap.path.name
+    old.parent.mkdir(parents=True)
+    shutil.move(snap.path, old)  # as an earlier version left it
+    shutil.rmtree(snap.path.parent)
+    again = warmstart.pull(ref, settings=s)
+    assert again.path == snap.path and (again.path / "w.bin").read_bytes() == b"weights"
+    assert not old.parent.exists()  # replaced by the view under the new name
+    warmstart.cache(settings=s).rebuild_index()
+    assert [row.source for row in warmstart.cache(settings=s).index.snapshots()] == [key]
+    shutil.copytree(snap.path, old, symlinks=True)  # an old view the pull did not replace
+    warmstart.cache(settings=s).rm(ref)
+    assert not old.exists() and not snap.path.exists()
+    assert not any((ws_home / "snapshots").rglob("*.bin"))
+
+
+@pytest.mark.parametrize("ref", ["hf://a--b/c", "hf://a/b--c", "a--b/c"])
+def test_hub_repo_ids_with_double_dash_are_refused(ref, ws_home):
+    from warmstart.errors import RefError
+
+    with pytest.raises(RefError, match="no '--'"):
+        warmstart.pull(ref, settings=_settings(ws_home))

@@ -80,12 +80,37 @@ def hub_snapshot_dir(layout: Layout, repo_id: str, commit: str) -> Path:
     return inside(layout.hub, repo / "snapshots" / check_name(commit, "commit"), what="hub snapshot")
 
 
-def source_snapshot_dir(layout: Layout, source_key: str, revision: str) -> Path:
-    """``snapshots/<scheme>/<name>/<revision>``, checked to lie inside the snapshots directory."""
-    scheme, _, loc = source_key.partition("://")
-    safe = "".join(c if c.isalnum() or c in "-._" else "-" for c in loc.replace("/", "--"))[:200]
+#: the file in a ``snapshots/<scheme>/<name>/`` folder that names its source exactly (read by ``read_views``)
+SOURCE_FILE = ".source"
+
+
+def source_folder(source_key: str) -> str:
+    """The folder name of a non-Hub source: its location made readable (cut to 96 characters), then 12 hex
+    of the sha256 of the whole key, so two different keys never share a folder.
+
+    >>> source_folder("http://h/a-b/x.bin") != source_folder("http://h/a~b/x.bin")
+    True
+    >>> source_folder("http://h/a-b/x.bin")[:14]
+    'h--a-b--x.bin-'
+    """
+    _, _, loc = source_key.partition("://")
+    readable = "".join(c if c.isalnum() or c in "-._" else "-" for c in loc.replace("/", "--"))[:96]
+    return f"{readable}-{hashlib.sha256(source_key.encode()).hexdigest()[:12]}"
+
+
+def _legacy_folder(source_key: str) -> str:
+    """The folder name earlier versions gave a source (ambiguous: cut at 200, ``a-b`` same as ``a~b``)."""
+    _, _, loc = source_key.partition("://")
+    return "".join(c if c.isalnum() or c in "-._" else "-" for c in loc.replace("/", "--"))[:200]
+
+
+def source_snapshot_dir(layout: Layout, source_key: str, revision: str, *, legacy: bool = False) -> Path:
+    """``snapshots/<scheme>/<name>/<revision>``, checked to lie inside the snapshots directory
+    (``legacy``: under the folder name earlier versions used, to remove views they made)."""
+    scheme, _, _ = source_key.partition("://")
+    folder = _legacy_folder(source_key) if legacy else source_folder(source_key)
     name = revision.replace("/", "-").replace(":", "-")
-    snap = layout.snapshots / check_name(scheme, "scheme") / check_name(safe, "source name") / check_name(
+    snap = layout.snapshots / check_name(scheme, "scheme") / check_name(folder, "source name") / check_name(
         name, "revision")
     return inside(layout.snapshots, snap, what="snapshot view")
 
@@ -127,6 +152,8 @@ def source_view(layout: Layout, source_key: str, revision: str, files: Iterable[
         inside(layout.snapshots, where, what="snapshot file")
         link_atomic(os.path.relpath(layout.blob(f.digest), where.parent), where)
     snap.mkdir(parents=True, exist_ok=True)
+    _write_text(inside(layout.snapshots, snap.parent / SOURCE_FILE, what="source name file"), source_key)
+    _remove_legacy_view(layout, source_key, revision, snap)
     return snap
 
 
@@ -207,6 +234,7 @@ def remove_views(layout: Layout, row: SnapshotRow, files: Iterable[IndexedFile],
     if not snap.is_symlink():  # rmtree never follows links inside; a link in its place is not ours
         shutil.rmtree(snap, ignore_errors=True)
     if not snap.is_relative_to(layout.hub):
+        _remove_source_folder(layout, row, snap)
         return
     repo = snap.parent.parent
     refs_dir = repo / "refs"
@@ -225,6 +253,31 @@ def remove_views(layout: Layout, row: SnapshotRow, files: Iterable[IndexedFile],
                 os.unlink(inside(layout.hub, repo / "blobs" / name, what="hub blob link"))
     if last and not repo.is_symlink():
         shutil.rmtree(inside(layout.hub, repo, what="hub repository"), ignore_errors=True)
+
+
+def _remove_legacy_view(layout: Layout, source_key: str, revision: str, snap: Path) -> None:
+    """Remove the view of ``source_key@revision`` an earlier version made under its old folder name (the
+    view at ``snap``, under the new name, replaces it)."""
+    try:
+        old = source_snapshot_dir(layout, source_key, revision, legacy=True)
+    except UnsafePathError:
+        return
+    if old != snap and old.is_dir() and not old.is_symlink() and not old.parent.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            old.parent.rmdir()
+
+
+def _remove_source_folder(layout: Layout, row: SnapshotRow, snap: Path) -> None:
+    """After a non-Hub view is removed: remove the view an earlier version made under its old folder name,
+    and the source's folder once no revision is left in it."""
+    _remove_legacy_view(layout, row.source, row.revision, snap)
+    folder = snap.parent
+    with contextlib.suppress(OSError):
+        if not folder.is_symlink() and all(p.name == SOURCE_FILE for p in folder.iterdir()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(inside(layout.snapshots, folder / SOURCE_FILE, what="source name file"))
+            folder.rmdir()
 
 
 def memory_view(root: Path, source: str, revision: str, files: Iterable, blob: Callable[[str], Path]) -> Path:
@@ -246,7 +299,10 @@ def read_views(layout: Layout) -> Iterator[tuple[str, str, list[IndexedFile], di
     root = layout.snapshots
     for scheme_dir in sorted(root.iterdir()) if root.is_dir() else ():
         for name_dir in sorted(scheme_dir.iterdir()) if scheme_dir.is_dir() else ():
+            source = _source_of(scheme_dir.name, name_dir)
             for rev_dir in sorted(name_dir.iterdir()) if name_dir.is_dir() else ():
+                if rev_dir.name == SOURCE_FILE or not rev_dir.is_dir():
+                    continue
                 files = []
                 for p in _walk(rev_dir):
                     try:
@@ -256,7 +312,19 @@ def read_views(layout: Layout) -> Iterator[tuple[str, str, list[IndexedFile], di
                     if blob is not None:
                         files.append(IndexedFile(p.relative_to(rev_dir).as_posix(), *blob))
                 if files:
-                    yield f"{scheme_dir.name}://{name_dir.name.replace('--', '/')}", rev_dir.name, files, {}
+                    yield source, rev_dir.name, files, {}
+
+
+def _source_of(scheme: str, name_dir: Path) -> str:
+    """The source a ``snapshots/<scheme>/<name>`` folder holds: as its ``.source`` file names it when that
+    names this very folder, else as the folder name allows ("--" read as "/"; views of earlier versions)."""
+    try:
+        key = (name_dir / SOURCE_FILE).read_text()[:8192]
+        if key.startswith(f"{scheme}://") and source_folder(key) == name_dir.name:
+            return key
+    except (OSError, UnicodeDecodeError):
+        pass
+    return f"{scheme}://{name_dir.name.replace('--', '/')}"
 
 
 def _read_hub_views(layout: Layout) -> Iterator[tuple[str, str, list[IndexedFile], dict[str, str]]]:
