@@ -260,7 +260,7 @@ def test_shared_publish_never_writes_through_links_out_of_the_shared_directory(r
     (elsewhere / "fan").mkdir()
     shared = tmp_path / "shared"
     (shared / "blobs" / "sha256").mkdir(parents=True)
-    for name, data in files.items():  # one fan-out directory per blob, each a link out
+    for data in files.values():  # one fan-out directory per blob, each a link out
         os.symlink(elsewhere / "fan", shared / "blobs" / "sha256" / _sha(data)[:2])
     os.symlink(elsewhere / "keys", shared / "keys")
     before = _dir_state(elsewhere)
