@@ -251,16 +251,9 @@ class _Pull:
     def digests(self) -> set[str]:
         return {e.digest for e in self.entries.values()} | self.unpacked
 
-    def lease(self) -> None:
-        """Lease every blob this pull has that no lease of it holds yet."""
-        new = self.digests() - self._leased
-        if new:
-            self._leases.append(leases.acquire(self.cache.layout, new, snapshots=[str(self.ref)]))
-            self._leased |= new
-
-    def lease_more(self, digests: set[str]) -> None:
-        """Lease ``digests`` too (blobs this pull may reuse, leased before it checks they are present)."""
-        new = digests - self._leased
+    def lease(self, more: set[str] = frozenset()) -> None:
+        """Lease every blob this pull has (and ``more``: blobs it may reuse) that no lease of it holds yet."""
+        new = (self.digests() | more) - self._leased
         if new:
             self._leases.append(leases.acquire(self.cache.layout, new, snapshots=[str(self.ref)]))
             self._leased |= new
@@ -286,38 +279,12 @@ class _Pull:
             cache.index.set_key(key, digest, size)
 
 
-def _local_key(f: RemoteFile, opts: PullOptions) -> str:
-    return ("inplace-" if opts.in_place else "") + f.key
-
-
-def _present(cache: Cache, f: RemoteFile, opts: PullOptions) -> IndexedFile | None:
-    """The cache's entry for listed file ``f`` when its blob is there."""
-    if ingest.is_local(f):
-        digest = cache.digest_for_key(_local_key(f, opts))
-        if digest and cache.store.has(digest, f.size):
-            return IndexedFile(f.path, digest, f.size or 0, f.etag)
-        return None
-    digest = f.sha256 or cache.digest_for_key(f.key)
-    if digest and cache.store.has(digest, f.size):
-        return IndexedFile(f.path, digest, cache.store.path(digest).stat().st_size, f.etag, f.git_oid)
-    return None
-
-
-def _known_digest(cache: Cache, f: RemoteFile, opts: PullOptions) -> str | None:
-    """The digest the cache would reuse for listed file ``f``, if it knows one."""
-    if ingest.is_local(f):
-        return cache.digest_for_key(_local_key(f, opts))
-    return f.sha256 or cache.digest_for_key(f.key)
-
-
-#: how many times a pull fetches again blobs an ``rm``/``gc`` removed while it ran
-_REFETCHES = 3
+_REFETCHES = 3  # times a pull fetches again blobs an rm/gc removed while it ran
 
 
 def _bring(run: _Pull, chosen: list[RemoteFile]) -> None:
-    """Make every chosen file's blob present (see :func:`_bring_once`), then check that each still is
-    right before the snapshot is recorded: an ``rm`` or ``gc`` that checked the leases just before this
-    pull took them may still have removed one; such files are brought again."""
+    """:func:`_bring_once`, then again for any blob gone before the snapshot is recorded (an ``rm``/``gc``
+    that checked the leases just before this pull took them)."""
     _bring_once(run, chosen)
     for _ in range(_REFETCHES):
         gone = [f for f in chosen if f.path in run.entries and not run.cache.store.has(run.entries[f.path].digest)]
@@ -332,16 +299,15 @@ def _bring(run: _Pull, chosen: list[RemoteFile]) -> None:
 
 
 def _bring_once(run: _Pull, chosen: list[RemoteFile]) -> None:
-    """Make every chosen file's blob present: the cache, the shared tier, then the origin (remote
-    files) or the filesystem (local files). A blob the cache already has is leased before it is
-    found present, so an ``rm`` or ``gc`` from then on keeps it."""
+    """Make every chosen file's blob present: the cache (leased before it is found present), the shared
+    tier, then the origin (remote files) or the filesystem (local files)."""
     cache, opts = run.cache, run.opts
 
     def missing(files: list[RemoteFile]) -> list[RemoteFile]:
-        run.lease_more({d for f in files if (d := _known_digest(cache, f, opts))})
+        run.lease({d for f in files if (d := ingest.known_digest(cache, f, in_place=opts.in_place))})
         left = []
         for f in files:
-            entry = _present(cache, f, opts)
+            entry = ingest.present(cache, f, in_place=opts.in_place)
             if entry is None:
                 left.append(f)
             else:
@@ -420,7 +386,7 @@ def _import(run: _Pull, files: list[RemoteFile]) -> None:
     lock = threading.Lock()
 
     def publish(f: RemoteFile, tmp: Path | None, digest: str) -> None:
-        run.publish(tmp, digest, f.size or 0, key=_local_key(f, run.opts), shared=not run.opts.in_place)
+        run.publish(tmp, digest, f.size or 0, key=ingest.local_key(f, in_place=run.opts.in_place), shared=not run.opts.in_place)
         with lock:
             run.entries[f.path] = IndexedFile(f.path, digest, f.size or 0, f.etag)
             run.fetched.add(f.path)

@@ -78,7 +78,7 @@ def test_a_reused_blob_removed_during_the_pull_is_never_recorded_missing(hub, ws
     import uuid
 
     from tests.servers.hub import HubRepo
-    from warmstart import pipeline
+    from warmstart import ingest
     from warmstart.errors import InUseError
 
     repo = HubRepo(f"review/race-{uuid.uuid4().hex[:8]}", {"config.json": b'{"a": 1}', "w.bin": b"one" * 100})
@@ -88,11 +88,11 @@ def test_a_reused_blob_removed_during_the_pull_is_never_recorded_missing(hub, ws
     s = _settings(ws_home)
     first = warmstart.pull(ref, settings=s)
     repo.commit({"config.json": new["config.json"]})
-    real = pipeline._present
+    real = ingest.present
     raced = []
 
-    def present_then_race(cache, f, opts):
-        entry = real(cache, f, opts)
+    def present_then_race(cache, f, **kw):
+        entry = real(cache, f, **kw)
         if entry is not None and not raced:
             raced.append(f.path)
             if racer == "rm":
@@ -106,7 +106,7 @@ def test_a_reused_blob_removed_during_the_pull_is_never_recorded_missing(hub, ws
                 blob.unlink()
         return entry
 
-    monkeypatch.setattr(pipeline, "_present", present_then_race)
+    monkeypatch.setattr(ingest, "present", present_then_race)
     hub.counters.reset()
     snap = warmstart.pull(ref, settings=s)
     if racer == "rm":  # the lease taken before the check kept the blob: nothing fetched again
