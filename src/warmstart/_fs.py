@@ -17,12 +17,15 @@ worst a ``.NAME.<random>.tmp`` beside it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write", "fsync_dir", "fsync_file", "reflink", "reflink_file", "temp_name"]
+__all__ = ["atomic_path", "atomic_write", "fsync_dir", "fsync_file", "open_regular", "read_regular", "reflink",
+           "reflink_file", "temp_name"]
 
 #: ioctl FICLONE: share the extents of a file on the same CoW filesystem (btrfs, XFS, bcachefs) instead of copying
 _FICLONE = 0x40049409
@@ -59,6 +62,54 @@ def atomic_write(dest: str | os.PathLike, data: bytes | str, *, fsync: bool = Fa
     """Replace ``dest`` with ``data`` (bytes, or text written as UTF-8) atomically; see :func:`atomic_path`."""
     with atomic_path(dest, fsync=fsync, mode=mode) as tmp:
         tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
+
+
+def open_regular(path: str | os.PathLike, *, max_size: int | None = None) -> int:
+    """Open ``path`` for reading only if it is a plain file (no FIFO, device, directory or symlink as its last
+    component) of at most ``max_size`` bytes; returns the fd (the caller closes it), else OSError.
+
+    Opened with ``O_NONBLOCK | O_NOFOLLOW``: a FIFO or a device a writer of a shared directory put in a
+    file's place can neither block the open nor be read without end (``/dev/zero``).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); os.mkfifo(d / "fifo")
+    >>> open_regular(d / "fifo")
+    Traceback (most recent call last):
+    ...
+    OSError: [Errno 22] not a regular file: ...
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        if max_size is not None and st.st_size > max_size:
+            raise OSError(errno.EFBIG, f"larger than {max_size} bytes", os.fspath(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | os.PathLike, max_size: int) -> bytes:
+    """The bytes of plain file ``path`` (see :func:`open_regular`), at most ``max_size`` of them: a file that
+    is or grows larger is an OSError, never read to its end."""
+    fd = open_regular(path, max_size=max_size)
+    try:
+        chunks, left = [], max_size + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_size:
+        raise OSError(errno.EFBIG, f"larger than {max_size} bytes", os.fspath(path))
+    return data
 
 
 def fsync_file(path: str | os.PathLike) -> None:

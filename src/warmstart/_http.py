@@ -214,7 +214,8 @@ class Client:
         self, method: str, url: str, headers: dict[str, str] | None = None, *, max_redirects: int = 8
     ) -> tuple[str, http.client.HTTPResponse]:
         """Request ``url`` following redirects; returns (final URL, response). Credentials are not
-        sent to another host. A redirect to anything but an http(s) URL with a host is a TransferError."""
+        sent to another host. A redirect to anything but an http(s) URL with a host, or more than
+        ``max_redirects`` of them, is a TransferError."""
         headers = dict(headers or {})
         origin = host_key(url)
         for _ in range(max_redirects + 1):
@@ -235,7 +236,8 @@ class Client:
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 continue
             return url, resp
-        raise HTTPStatusError(310, url)
+        host = printable(urllib.parse.urlsplit(url).hostname or "the origin")
+        raise TransferError(f"too many redirects ({max_redirects}) from {host}; check the URL or the origin")
 
 
 def content_length(value: str | None) -> int | None:

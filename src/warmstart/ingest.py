@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .cache.home import DISK_RESERVE, Cache
+from .cache.index import IndexedFile
 from .cache.store import copy_file, sha256_file
 from .config import format_size
 from .errors import CacheFullError
@@ -34,6 +35,28 @@ from .errors import CacheFullError
 def is_local(f) -> bool:
     """Whether a listed file is read from the filesystem (``file://``) rather than fetched."""
     return f.url.startswith("file://")
+
+
+def local_key(f, *, in_place: bool) -> str:
+    """The transfer key a local file's digest is recorded under (imported and in-place ones apart)."""
+    return ("inplace-" if in_place else "") + f.key
+
+
+def known_digest(cache: Cache, f, *, in_place: bool) -> str | None:
+    """The digest the cache would reuse for listed file ``f``, if it knows one."""
+    if is_local(f):
+        return cache.digest_for_key(local_key(f, in_place=in_place))
+    return f.sha256 or cache.digest_for_key(f.key)
+
+
+def present(cache: Cache, f, *, in_place: bool) -> IndexedFile | None:
+    """The cache's entry for listed file ``f`` when its blob is there (the caller leased it first)."""
+    digest = known_digest(cache, f, in_place=in_place)
+    if not digest or not cache.store.has(digest, f.size):
+        return None
+    if is_local(f):
+        return IndexedFile(f.path, digest, f.size or 0, f.etag)
+    return IndexedFile(f.path, digest, cache.store.path(digest).stat().st_size, f.etag, f.git_oid)
 
 
 def drop(cache: Cache, digests: set[str]) -> None:

@@ -1,13 +1,15 @@
 """The pull pipeline: the one path by which any source's files reach the cache.
 
 Steps, in order: (1) a pinned revision that is cached, or offline mode, is answered from the cache
-alone; (2) the source lists the files (an unreachable origin falls back to the cache); (3) files
-already in the cache are leased; (4) the shared tier is asked for the rest; (5) the cache makes room
+alone; (2) the source lists the files (an unreachable origin falls back to the cache); (3) the blobs
+the cache may already hold are leased, then checked to be present (so an ``rm``/``gc`` from then on keeps
+them); (4) the shared tier is asked for the rest; (5) the cache makes room
 for what is left (budget and disk, never evicting this pull's blobs, dropping RAM copies of what it
 evicts); (6) the transfer engine fetches and verifies remote files and :mod:`warmstart.ingest`
 imports local ones; each is published to the blob store and the shared tier, indexed and leased;
 (7) blobs the source unpacks (OCI tar layers) are measured, room is made, the hook streams their
-files into capped temporary files, which are published like the rest; (8) the snapshot is recorded,
+files into capped temporary files, which are published like the rest; (8) every blob is checked to be
+still there (one an ``rm`` removed just before the lease is fetched again), the snapshot is recorded,
 then the leases are released; (9) the views are made.
 """
 
@@ -249,9 +251,9 @@ class _Pull:
     def digests(self) -> set[str]:
         return {e.digest for e in self.entries.values()} | self.unpacked
 
-    def lease(self) -> None:
-        """Lease every blob this pull has that no lease of it holds yet."""
-        new = self.digests() - self._leased
+    def lease(self, more: set[str] = frozenset()) -> None:
+        """Lease every blob this pull has (and ``more``: blobs it may reuse) that no lease of it holds yet."""
+        new = (self.digests() | more) - self._leased
         if new:
             self._leases.append(leases.acquire(self.cache.layout, new, snapshots=[str(self.ref)]))
             self._leased |= new
@@ -277,32 +279,35 @@ class _Pull:
             cache.index.set_key(key, digest, size)
 
 
-def _local_key(f: RemoteFile, opts: PullOptions) -> str:
-    return ("inplace-" if opts.in_place else "") + f.key
-
-
-def _present(cache: Cache, f: RemoteFile, opts: PullOptions) -> IndexedFile | None:
-    """The cache's entry for listed file ``f`` when its blob is there."""
-    if ingest.is_local(f):
-        digest = cache.digest_for_key(_local_key(f, opts))
-        if digest and cache.store.has(digest, f.size):
-            return IndexedFile(f.path, digest, f.size or 0, f.etag)
-        return None
-    digest = f.sha256 or cache.digest_for_key(f.key)
-    if digest and cache.store.has(digest, f.size):
-        return IndexedFile(f.path, digest, cache.store.path(digest).stat().st_size, f.etag, f.git_oid)
-    return None
+_REFETCHES = 3  # times a pull fetches again blobs an rm/gc removed while it ran
 
 
 def _bring(run: _Pull, chosen: list[RemoteFile]) -> None:
-    """Make every chosen file's blob present: the cache, the shared tier, then the origin (remote
-    files) or the filesystem (local files)."""
+    """:func:`_bring_once`, then again for any blob gone before the snapshot is recorded (an ``rm``/``gc``
+    that checked the leases just before this pull took them)."""
+    _bring_once(run, chosen)
+    for _ in range(_REFETCHES):
+        gone = [f for f in chosen if f.path in run.entries and not run.cache.store.has(run.entries[f.path].digest)]
+        if not gone:
+            return
+        log.info("%d blob(s) of %s were removed while it was pulled; fetching them again", len(gone), run.ref)
+        for f in gone:
+            del run.entries[f.path]
+        _bring_once(run, gone)
+    raise NotFoundError(f"{run.ref}: its blobs keep being removed while it is pulled (a concurrent `warmstart rm` "
+                        "or `gc`?); pull again when they have finished")
+
+
+def _bring_once(run: _Pull, chosen: list[RemoteFile]) -> None:
+    """Make every chosen file's blob present: the cache (leased before it is found present), the shared
+    tier, then the origin (remote files) or the filesystem (local files)."""
     cache, opts = run.cache, run.opts
 
     def missing(files: list[RemoteFile]) -> list[RemoteFile]:
+        run.lease({d for f in files if (d := ingest.known_digest(cache, f, in_place=opts.in_place))})
         left = []
         for f in files:
-            entry = _present(cache, f, opts)
+            entry = ingest.present(cache, f, in_place=opts.in_place)
             if entry is None:
                 left.append(f)
             else:
@@ -381,7 +386,7 @@ def _import(run: _Pull, files: list[RemoteFile]) -> None:
     lock = threading.Lock()
 
     def publish(f: RemoteFile, tmp: Path | None, digest: str) -> None:
-        run.publish(tmp, digest, f.size or 0, key=_local_key(f, run.opts), shared=not run.opts.in_place)
+        run.publish(tmp, digest, f.size or 0, key=ingest.local_key(f, in_place=run.opts.in_place), shared=not run.opts.in_place)
         with lock:
             run.entries[f.path] = IndexedFile(f.path, digest, f.size or 0, f.etag)
             run.fetched.add(f.path)

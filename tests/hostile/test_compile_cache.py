@@ -345,3 +345,51 @@ def test_aot_same_key_round_trips_the_package_bytes(store: str, env: dict, aot_c
     reader = aot.AotCache(KEY, aot_case["parts"], url=store)
     assert reader.fetch_payload() == package
     assert not env["marker"].exists()  # fetching verifies and returns bytes; nothing was loaded yet
+
+
+# ---------------------------------------------------------------------------------------- odd entries
+
+_ODD_ENTRY_CHILD = """
+import os, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from warmstart.compiled import compile_cache as cc
+c = cc.CompileCache("victim-model")
+path = os.path.join(os.environ["WARMSTART_COMPILE_CACHE"], c.digest)
+os.mkfifo(path) if sys.argv[1] == "fifo" else os.symlink("/dev/zero", path)
+print("payload", c.fetch_payload())
+"""
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero"])
+def test_fifo_or_device_at_an_entry_is_a_miss_not_a_hang(env: dict, kind: str) -> None:
+    """A FIFO (would block the open) or a link to ``/dev/zero`` (would be read without end) in a store
+    directory: a warned miss, at once. Run in a child limited to 2 GiB and 60 s."""
+    import os
+    import subprocess
+    import sys
+
+    store = env["tmp"] / "shared-store"
+    store.mkdir()
+    run_env = dict(os.environ, WARMSTART_COMPILE_CACHE=str(store), WARMSTART_COMPILE_CACHE_KEY=WRITER_KEY)
+    try:
+        r = subprocess.run([sys.executable, "-c", _ODD_ENTRY_CHILD, kind], env=run_env, capture_output=True,
+                           text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"reading a {kind} entry hung")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "payload None" in r.stdout
+    assert "ignoring" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_entry_over_the_size_cap_is_a_miss_and_is_not_read(store: str, env: dict, caplog) -> None:
+    """File and Redis stores alike: an entry larger than ``MAX_ENTRY_BYTES`` is never read (Redis: STRLEN first)."""
+    w = writer(store, env["tmp"], WRITER_KEY)
+    assert w.store_payload(b"p" * 4096)
+    env["mp"].setattr(cc, "MAX_ENTRY_BYTES", 1024)
+    if store.startswith("redis"):
+        import redis
+
+        env["mp"].setattr(redis.Redis, "get", lambda *a, **k: pytest.fail("GET of an entry over the cap"))
+    with caplog.at_level(logging.WARNING, "warmstart"):
+        assert not read(store, env, key_hex=WRITER_KEY)
+    assert "1024" in caplog.text

@@ -184,6 +184,186 @@ def test_verify_catches_a_blob_that_is_not_the_listed_git_blob(repo, ws_home):
     assert not report.ok and bad in report.corrupt
 
 
+# ------------------------------------------------ review: odd files and links in the shared directory
+
+
+def _limited_pull(ref: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``warmstart pull ref`` in a child limited to 2 GiB of address space and 60 s: a FIFO that blocks
+    the pull or ``/dev/zero`` read to its end fails the test instead of hanging it or the machine."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    env = dict(env, PYTHONDONTWRITEBYTECODE="1")
+    try:
+        return subprocess.run([sys.executable, "-m", "warmstart.cli", "pull", ref], env=env, capture_output=True,
+                              text=True, timeout=60, preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the pull hung on an odd file in the shared directory")
+
+
+@pytest.fixture
+def odd_repo(hub: HubServer) -> tuple[str, dict[str, bytes]]:
+    """``config.json`` and an empty ``empty.txt`` (git blob ids only): both go through ``keys/``."""
+    files = {"config.json": CONFIG, "empty.txt": b""}
+    repo_id = f"hostile-tiers/odd-{uuid.uuid4().hex[:10]}"
+    hub.add_repo(HubRepo(repo_id, files))
+    return f"hf://{repo_id}", files
+
+
+@pytest.mark.parametrize("kind", ["fifo-key", "devzero-key", "dir-key", "fifo-blob", "devzero-blob"])
+def test_odd_files_in_the_shared_directory_never_hang_or_flood_a_pull(hub, odd_repo, tmp_path, ws_home, kind):
+    ref, files = odd_repo
+    seed = tmp_path / "seed-shared"
+    seed.mkdir()
+    warmstart.pull(ref, settings=_settings(tmp_path / "node-a", shared_dir=seed))
+    shared = tmp_path / "shared"
+    shutil.copytree(seed, shared, symlinks=True)
+    tier = SharedTier(shared)
+    keys = sorted(p for p in (shared / "keys").iterdir() if not p.name.startswith("."))
+    assert len(keys) == 2
+    for key in keys:
+        if kind.endswith("-key"):
+            key.unlink()
+            {"fifo": os.mkfifo, "devzero": lambda p: os.symlink("/dev/zero", p), "dir": os.mkdir}[
+                kind.removesuffix("-key")](key)
+    if kind.endswith("-blob"):
+        empty = tier.blob(_sha(b""))
+        os.chmod(empty, 0o644)
+        empty.unlink()
+        os.mkfifo(empty) if kind == "fifo-blob" else os.symlink("/dev/zero", empty)
+    hub.counters.reset()
+    env = dict(os.environ, WARMSTART_HOME=str(tmp_path / "node-b"), WARMSTART_SHARED_DIR=str(shared))
+    r = _limited_pull(ref, env)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "shared tier: " in r.stderr  # a warning names what was ignored
+    snap = Path(r.stdout.splitlines()[-1])
+    for name, data in files.items():
+        assert (snap / name).read_bytes() == data
+
+
+def _dir_state(root: Path) -> dict[str, tuple]:
+    from tests.hostile.conftest import tree_state
+
+    return tree_state(root)
+
+
+def test_shared_publish_never_writes_through_links_out_of_the_shared_directory(repo, tmp_path, ws_home, caplog):
+    """``blobs`` and ``keys`` (or a fan-out directory below them) being links out of the shared directory:
+    nothing is written there; publishing is skipped with a warning and the pull succeeds."""
+    ref, files = repo
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "blobs").mkdir(parents=True)
+    (elsewhere / "keys").mkdir()
+    (elsewhere / "fan").mkdir()
+    shared = tmp_path / "shared"
+    (shared / "blobs" / "sha256").mkdir(parents=True)
+    for data in files.values():  # one fan-out directory per blob, each a link out
+        os.symlink(elsewhere / "fan", shared / "blobs" / "sha256" / _sha(data)[:2])
+    os.symlink(elsewhere / "keys", shared / "keys")
+    before = _dir_state(elsewhere)
+    with caplog.at_level(logging.WARNING, logger="warmstart"):
+        snap = warmstart.pull(ref, settings=_settings(tmp_path / "node-a", shared_dir=shared))
+    assert _dir_state(elsewhere) == before
+    assert "not inside" in caplog.text
+    for name, data in files.items():
+        assert (snap.path / name).read_bytes() == data
+    shutil.rmtree(shared)
+    shared.mkdir()
+    os.symlink(elsewhere / "blobs", shared / "blobs")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="warmstart"):
+        warmstart.pull(ref, settings=_settings(tmp_path / "node-b", shared_dir=shared))
+    assert _dir_state(elsewhere) == before
+    assert "not inside" in caplog.text
+
+
+def test_corrupt_shared_blob_under_a_link_out_is_skipped_not_fatal(hub, repo, tmp_path, ws_home, caplog):
+    """A corrupt shared blob whose directory links out of the shared directory: it is not removed (it is
+    not the tier's to remove), the warning does not claim it was, and the pull goes to the origin."""
+    ref, files = repo
+    data = files["model.safetensors"]
+    digest = _sha(data)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / digest).write_bytes(b"X" * len(data))
+    shared = tmp_path / "shared"
+    (shared / "blobs" / "sha256").mkdir(parents=True)
+    os.symlink(elsewhere, shared / "blobs" / "sha256" / digest[:2])
+    with caplog.at_level(logging.WARNING, logger="warmstart"):
+        snap = warmstart.pull(ref, settings=_settings(tmp_path / "node-a", shared_dir=shared))
+    assert (snap.path / "model.safetensors").read_bytes() == data
+    assert (elsewhere / digest).read_bytes() == b"X" * len(data)
+    assert "is corrupt" in caplog.text and "could not remove it" in caplog.text
+    assert "removed it" not in caplog.text.replace("could not remove it", "")
+
+
+# ------------------------------------------------------------------------- review: the RAM tier
+
+
+def _tamper(path: Path, data: bytes) -> None:
+    os.chmod(path, 0o644)
+    path.write_bytes(data)
+
+
+def test_ram_copy_changed_after_promotion_is_never_served(repo, tmp_path, ws_home, caplog):
+    """A RAM copy rewritten in place (same size, other bytes) is re-hashed, dropped and copied again from
+    the verified disk blob; ``verify`` reports (and drops) such a copy too."""
+    ref, files = repo
+    s = _settings(ws_home, memory_dir=tmp_path / "mem")
+    snap = warmstart.pull(ref, settings=s, tier="memory")
+    cfg = next(f for f in snap.files if f.path == "config.json")
+    ram_blob = tmp_path / "mem" / "blobs" / "sha256" / cfg.digest[:2] / cfg.digest
+    assert (snap.path / "config.json").resolve() == ram_blob.resolve()
+    bad = b'{"EVIL": 1}'.ljust(len(CONFIG), b" ")
+    _tamper(ram_blob, bad)
+    with caplog.at_level(logging.WARNING, logger="warmstart"):
+        snap = warmstart.pull(ref, settings=s, tier="memory")
+    assert (snap.path / "config.json").read_bytes() == CONFIG
+    assert warmstart.load(ref, settings=s)["a.weight"].shape == (64, 32)
+    assert "does not hash to its digest" in caplog.text
+    _tamper(ram_blob, bad)
+    report = warmstart.cache(settings=s).verify()
+    assert not report.ok and report.memory_corrupt == (cfg.digest,)
+    assert not ram_blob.exists()
+
+
+def test_ram_tier_never_writes_through_a_link_out_of_its_root(repo, tmp_path, ws_home):
+    ref, _ = repo
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    mem = tmp_path / "mem"
+    (mem / "blobs").mkdir(parents=True)
+    os.symlink(elsewhere, mem / "blobs" / "sha256")
+    s = _settings(ws_home, memory_dir=mem)
+    warmstart.pull(ref, settings=s)
+    with pytest.raises(warmstart.errors.ConfigError, match="symbolic link"):
+        warmstart.pull(ref, settings=s, tier="memory")
+    assert list(elsewhere.iterdir()) == []
+    from warmstart.cache.tiers.memory import MemoryTier
+
+    tier = MemoryTier(mem, disk=warmstart.cache(settings=s).layout)
+    with pytest.raises(warmstart.errors.UnsafePathError):  # below the root check: each directory is checked
+        tier._make_dirs(mem / "blobs" / "sha256" / "ab")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_ram_root_writable_by_others_is_refused_unless_sticky_and_yours(repo, tmp_path, ws_home):
+    ref, files = repo
+    mem = tmp_path / "mem"
+    mem.mkdir()
+    s = _settings(ws_home, memory_dir=mem)
+    warmstart.pull(ref, settings=s)
+    os.chmod(mem, 0o777)
+    with pytest.raises(warmstart.errors.ConfigError, match="writable by other users"):
+        warmstart.pull(ref, settings=s, tier="memory")
+    os.chmod(mem, 0o1777)  # like /tmp, and owned by this user: others cannot replace this user's files
+    snap = warmstart.pull(ref, settings=s, tier="memory")
+    assert (snap.path / "config.json").read_bytes() == files["config.json"]
+
+
 # ------------------------------------------------------------------- finding 10: publish replaces
 
 

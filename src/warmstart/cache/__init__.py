@@ -9,6 +9,7 @@
     leases.py    which live processes hold which blobs   paths.py     the one gate for names and paths
     evict.py     frozen eviction / gc plans, executed in a crash-safe order   tmpdir.py   tmp/ housekeeping
     views.py     every view path: Hub layout, snapshot folders, RAM tier views, --to directories
+    view_scan.py what the views of a home name, read back to rebuild a lost index
     tiers/       memory.py (RAM tier), shared.py (shared tier), verified_copy.py (copy while hashing)
     verify.py    re-hash blobs and check views           rebuild.py   rebuild index.db from the views
     adopt.py     take in a huggingface_hub cache without copying

@@ -1,7 +1,7 @@
 """Rebuild a damaged ``index.db`` from what the cache home holds: the blobs and the views over them.
 
 The views name everything the index did, except pins, last use and converted-snapshot metadata
-(:func:`warmstart.cache.views.read_views` reads them back). The damaged file is moved aside
+(:func:`warmstart.cache.view_scan.read_views` reads them back). The damaged file is moved aside
 (``index.db.damaged-<time>``), never deleted.
 
 >>> report = rebuild_index(cache)          # doctest: +SKIP
@@ -17,7 +17,7 @@ import time
 
 from .home import Cache
 from .layout import scan_blobs
-from .views import read_views
+from .view_scan import read_views
 
 log = logging.getLogger(__name__)
 

@@ -45,17 +45,20 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         blobs = (not self.corrupt and not self.missing) or self._all_repaired
-        return blobs and set(self.views) <= set(self.views_repaired)
+        return blobs and set(self.views) <= set(self.views_repaired) and not self.memory_corrupt
 
     _all_repaired: bool = False
     views: tuple[str, ...] = ()
     views_repaired: tuple[str, ...] = ()
+    #: RAM tier copies that did not hash to their digest (dropped: the disk blob is served instead)
+    memory_corrupt: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return {"checked": self.checked, "bytes": self.bytes, "seconds": round(self.seconds, 3),
                 "corrupt": list(self.corrupt), "missing": list(self.missing), "repaired": list(self.repaired),
                 "quarantined": list(self.quarantined), "wrong_views": list(self.views),
-                "views_repaired": list(self.views_repaired), "ok": self.ok}
+                "views_repaired": list(self.views_repaired), "memory_corrupt": list(self.memory_corrupt),
+                "ok": self.ok}
 
 
 def verify_snapshots(cache: Cache, rows: list[SnapshotRow], *, repair: bool = False, workers: int | None = None,
@@ -90,9 +93,28 @@ def verify_snapshots(cache: Cache, rows: list[SnapshotRow], *, repair: bool = Fa
                 repaired.append(f"{r.source}@{r.revision}")
     left = [d for d in bad if not cache.store.has(d)]
     wrong, fixed = _verify_views(cache, rows, repair)
-    return VerifyReport(len(digests), hashed, time.monotonic() - t0, tuple(corrupt), tuple(missing),
+    ram_bad, ram_bytes = _check_memory(cache, set(digests))
+    return VerifyReport(len(digests), hashed + ram_bytes, time.monotonic() - t0, tuple(corrupt), tuple(missing),
                         tuple(repaired), tuple(quarantined), _all_repaired=bool(repaired) and not left,
-                        views=tuple(wrong), views_repaired=tuple(fixed))
+                        views=tuple(wrong), views_repaired=tuple(fixed), memory_corrupt=tuple(ram_bad))
+
+
+def _check_memory(cache: Cache, digests: set[str]) -> tuple[list[str], int]:
+    """Re-hash the RAM tier's copies of ``digests``; drop (and return) those that do not hash to their
+    digest. Returns (bad digests, bytes hashed)."""
+    if cache.memory is None:
+        return [], 0
+    bad, hashed = [], 0
+    for d, (size, _) in cache.memory.digests().items():
+        if d not in digests:
+            continue
+        hashed += size
+        if cache.memory.hash_copy(d) != d:
+            log.warning("RAM tier copy %s is corrupt; dropped it (the disk blob is served instead)",
+                        cache.memory.path(d))
+            cache.memory.drop(d)
+            bad.append(d)
+    return bad, hashed
 
 
 def _check_blobs(cache: Cache, digests: dict[str, int], git_oids: dict[str, set[str]],

@@ -31,7 +31,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .._fs import atomic_write
@@ -80,12 +80,37 @@ def hub_snapshot_dir(layout: Layout, repo_id: str, commit: str) -> Path:
     return inside(layout.hub, repo / "snapshots" / check_name(commit, "commit"), what="hub snapshot")
 
 
-def source_snapshot_dir(layout: Layout, source_key: str, revision: str) -> Path:
-    """``snapshots/<scheme>/<name>/<revision>``, checked to lie inside the snapshots directory."""
-    scheme, _, loc = source_key.partition("://")
-    safe = "".join(c if c.isalnum() or c in "-._" else "-" for c in loc.replace("/", "--"))[:200]
+#: the file in a ``snapshots/<scheme>/<name>/`` folder that names its source exactly (read by ``read_views``)
+SOURCE_FILE = ".source"
+
+
+def source_folder(source_key: str) -> str:
+    """The folder name of a non-Hub source: its location made readable (cut to 96 characters), then 12 hex
+    of the sha256 of the whole key, so two different keys never share a folder.
+
+    >>> source_folder("http://h/a-b/x.bin") != source_folder("http://h/a~b/x.bin")
+    True
+    >>> source_folder("http://h/a-b/x.bin")[:14]
+    'h--a-b--x.bin-'
+    """
+    _, _, loc = source_key.partition("://")
+    readable = "".join(c if c.isalnum() or c in "-._" else "-" for c in loc.replace("/", "--"))[:96]
+    return f"{readable}-{hashlib.sha256(source_key.encode()).hexdigest()[:12]}"
+
+
+def _legacy_folder(source_key: str) -> str:
+    """The folder name earlier versions gave a source (ambiguous: cut at 200, ``a-b`` same as ``a~b``)."""
+    _, _, loc = source_key.partition("://")
+    return "".join(c if c.isalnum() or c in "-._" else "-" for c in loc.replace("/", "--"))[:200]
+
+
+def source_snapshot_dir(layout: Layout, source_key: str, revision: str, *, legacy: bool = False) -> Path:
+    """``snapshots/<scheme>/<name>/<revision>``, checked to lie inside the snapshots directory
+    (``legacy``: under the folder name earlier versions used, to remove views they made)."""
+    scheme, _, _ = source_key.partition("://")
+    folder = _legacy_folder(source_key) if legacy else source_folder(source_key)
     name = revision.replace("/", "-").replace(":", "-")
-    snap = layout.snapshots / check_name(scheme, "scheme") / check_name(safe, "source name") / check_name(
+    snap = layout.snapshots / check_name(scheme, "scheme") / check_name(folder, "source name") / check_name(
         name, "revision")
     return inside(layout.snapshots, snap, what="snapshot view")
 
@@ -127,6 +152,8 @@ def source_view(layout: Layout, source_key: str, revision: str, files: Iterable[
         inside(layout.snapshots, where, what="snapshot file")
         link_atomic(os.path.relpath(layout.blob(f.digest), where.parent), where)
     snap.mkdir(parents=True, exist_ok=True)
+    _write_text(inside(layout.snapshots, snap.parent / SOURCE_FILE, what="source name file"), source_key)
+    _remove_legacy_view(layout, source_key, revision, snap)
     return snap
 
 
@@ -207,6 +234,7 @@ def remove_views(layout: Layout, row: SnapshotRow, files: Iterable[IndexedFile],
     if not snap.is_symlink():  # rmtree never follows links inside; a link in its place is not ours
         shutil.rmtree(snap, ignore_errors=True)
     if not snap.is_relative_to(layout.hub):
+        _remove_source_folder(layout, row, snap)
         return
     repo = snap.parent.parent
     refs_dir = repo / "refs"
@@ -227,6 +255,31 @@ def remove_views(layout: Layout, row: SnapshotRow, files: Iterable[IndexedFile],
         shutil.rmtree(inside(layout.hub, repo, what="hub repository"), ignore_errors=True)
 
 
+def _remove_legacy_view(layout: Layout, source_key: str, revision: str, snap: Path) -> None:
+    """Remove the view of ``source_key@revision`` an earlier version made under its old folder name (the
+    view at ``snap``, under the new name, replaces it)."""
+    try:
+        old = source_snapshot_dir(layout, source_key, revision, legacy=True)
+    except UnsafePathError:
+        return
+    if old != snap and old.is_dir() and not old.is_symlink() and not old.parent.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            old.parent.rmdir()
+
+
+def _remove_source_folder(layout: Layout, row: SnapshotRow, snap: Path) -> None:
+    """After a non-Hub view is removed: remove the view an earlier version made under its old folder name,
+    and the source's folder once no revision is left in it."""
+    _remove_legacy_view(layout, row.source, row.revision, snap)
+    folder = snap.parent
+    with contextlib.suppress(OSError):
+        if not folder.is_symlink() and all(p.name == SOURCE_FILE for p in folder.iterdir()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(inside(layout.snapshots, folder / SOURCE_FILE, what="source name file"))
+            folder.rmdir()
+
+
 def memory_view(root: Path, source: str, revision: str, files: Iterable, blob: Callable[[str], Path]) -> Path:
     """The RAM tier's view of a snapshot, ``<root>/views/<hash of source@revision>/<path>``, each file a
     relative link to ``blob(digest)`` (a blob of that tier); returns the directory."""
@@ -235,64 +288,6 @@ def memory_view(root: Path, source: str, revision: str, files: Iterable, blob: C
         where = inside(root, view / check_relpath(f.path), what="RAM tier view file")
         link_atomic(os.path.relpath(blob(f.digest), where.parent), where)
     return view
-
-
-def read_views(layout: Layout) -> Iterator[tuple[str, str, list[IndexedFile], dict[str, str]]]:
-    """Every snapshot the views of ``layout`` name, as ``(source, revision, files, {ref: revision})``:
-    what rebuilding a lost index records. A Hub view names its source exactly and its etags (one of 40
-    hex is the file's git blob id); a ``snapshots/`` view only as its folder names allow ("--" read as
-    "/"). Links are read, not resolved, and only a target inside ``blobs/sha256/`` that exists counts."""
-    yield from _read_hub_views(layout)
-    root = layout.snapshots
-    for scheme_dir in sorted(root.iterdir()) if root.is_dir() else ():
-        for name_dir in sorted(scheme_dir.iterdir()) if scheme_dir.is_dir() else ():
-            for rev_dir in sorted(name_dir.iterdir()) if name_dir.is_dir() else ():
-                files = []
-                for p in _walk(rev_dir):
-                    try:
-                        blob = _blob_of(layout, p, os.readlink(p))
-                    except OSError:
-                        continue
-                    if blob is not None:
-                        files.append(IndexedFile(p.relative_to(rev_dir).as_posix(), *blob))
-                if files:
-                    yield f"{scheme_dir.name}://{name_dir.name.replace('--', '/')}", rev_dir.name, files, {}
-
-
-def _read_hub_views(layout: Layout) -> Iterator[tuple[str, str, list[IndexedFile], dict[str, str]]]:
-    for repo in sorted(layout.hub.glob("models--*")) if layout.hub.is_dir() else ():
-        org_name = repo.name[len("models--"):]
-        if "--" not in org_name:
-            continue
-        snaps = repo / "snapshots"
-        found = {}
-        for snap in sorted(snaps.iterdir()) if snaps.is_dir() else ():
-            files = []
-            for p in _walk(snap):
-                try:
-                    etag_link = Path(os.path.normpath(p.parent / os.readlink(p)))
-                    if etag_link.parent != repo / "blobs":
-                        continue
-                    blob = _blob_of(layout, etag_link, os.readlink(etag_link))
-                except OSError:
-                    continue
-                if blob is not None:
-                    etag = etag_link.name
-                    files.append(IndexedFile(p.relative_to(snap).as_posix(), *blob, etag,
-                                             etag if _HEX40.fullmatch(etag) else None))
-            if files:
-                found[snap.name] = files
-        refs = {}
-        for ref in _walk(repo / "refs") if (repo / "refs").is_dir() else ():
-            try:
-                commit = ref.read_text().strip()
-            except OSError:
-                continue
-            if commit in found:
-                refs[ref.relative_to(repo / "refs").as_posix()] = commit
-        for commit, files in found.items():
-            yield ("hf://" + org_name.replace("--", "/", 1), commit, files,
-                   {k: v for k, v in refs.items() if v == commit})
 
 
 def _blob_of(layout: Layout, link: Path, target: str) -> tuple[str, int] | None:

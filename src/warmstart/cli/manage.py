@@ -111,10 +111,15 @@ def verify_cmd(ref: str | None, revision: str | None, repair: bool, rebuild: boo
             _echo(f"repaired: {s}")
         for s in r.views:
             _echo(f"wrong view: {s}" + (" (rebuilt)" if s in r.views_repaired else ""))
+        for d in r.memory_corrupt:
+            _echo(f"corrupt RAM tier copy: {d} (dropped)")
     if not r.ok:
         views = f" and {len(r.views)} view entr{'y' if len(r.views) == 1 else 'ies'} not resolving to their blob" \
             if r.views else ""
-        _fail(f"{len(r.corrupt)} corrupt and {len(r.missing)} missing blob(s){views}; run `warmstart verify --repair`")
+        ram = f" and {len(r.memory_corrupt)} corrupt RAM tier cop{'y' if len(r.memory_corrupt) == 1 else 'ies'} " \
+            "(dropped)" if r.memory_corrupt else ""
+        _fail(f"{len(r.corrupt)} corrupt and {len(r.missing)} missing blob(s){views}{ram}; "
+              "run `warmstart verify --repair`")
 
 
 def _pin(ref: str, revision: str | None, pinned: bool, as_json: bool) -> None:

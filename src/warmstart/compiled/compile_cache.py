@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._fs import atomic_write
+from .._fs import atomic_write, read_regular
 from ..config import Settings
 from ..errors import ConfigError
 
@@ -51,6 +51,8 @@ MAGIC_V1 = b"WSCC1\n"
 TAG_PREFIX = b"hmac-sha256:"
 NO_TAG = b"-"
 _DOMAIN = b"warmstart compile-cache entry v2\0"
+#: the largest entry read from any store (a file or a Redis value): a bigger one is a miss, never read
+MAX_ENTRY_BYTES = 4 << 30
 _warned: set[tuple[str, str]] = set()  # (store, reason): each refusal is a warning once per process
 
 
@@ -87,9 +89,17 @@ class _FileBackend:
         self.trusted = trusted  # only this user writes it (the cache home): entries need no tag
 
     def get(self, digest: str) -> bytes | None:
+        """The entry's bytes, or None when there is none. Only a plain file of at most ``MAX_ENTRY_BYTES``
+        is read: a FIFO, a device, a link or a huge file in its place is a warned miss, never waited on
+        or read to its end."""
+        path = self.root / digest
         try:
-            return (self.root / digest).read_bytes()
+            return read_regular(path, MAX_ENTRY_BYTES)
         except FileNotFoundError:
+            return None
+        except OSError as exc:
+            _warn_once(self.where, "odd-file", "compile cache: ignoring %s (%s); compiling afresh", path,
+                       exc.strerror or exc)
             return None
 
     def put(self, digest: str, data: bytes) -> bool:
@@ -115,7 +125,18 @@ class _RedisBackend:
         return self._client
 
     def get(self, digest: str) -> bytes | None:
-        return self._redis().get(self.PREFIX + digest)
+        """The entry's bytes, or None; a value over ``MAX_ENTRY_BYTES`` (asked with STRLEN first) is a
+        warned miss and is not transferred."""
+        client, name = self._redis(), self.PREFIX + digest
+        size = client.strlen(name)
+        if size > MAX_ENTRY_BYTES:
+            _warn_once(self.where, "too-large", "compile cache at %s: entry %s has %d bytes, more than the %d "
+                       "allowed; compiling afresh", self.where, digest[:12], size, MAX_ENTRY_BYTES)
+            return None
+        value = client.get(name)
+        if value is not None and len(value) > MAX_ENTRY_BYTES:  # grew between STRLEN and GET
+            return None
+        return value
 
     def put(self, digest: str, data: bytes) -> bool:
         return bool(self._redis().set(self.PREFIX + digest, data))

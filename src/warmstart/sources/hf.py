@@ -69,6 +69,8 @@ class HubSource(Source):
         loc, rev = cls.split_revision(body if bare else body.removeprefix("models/"))
         if not _REPO.fullmatch(loc):
             raise Malformed("not a path that exists, nor ORG/NAME" if bare else "a Hub repository is ORG/NAME")
+        if "--" in loc:  # the Hub forbids it, and models--a--b--c could not tell a--b/c from a/b--c
+            raise Malformed("a Hub repository name has no '--' (the Hub forbids it)")
         return cls.make_ref("hf", loc, rev)
 
     @classmethod

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import logging
 import urllib.parse
 
@@ -104,6 +105,9 @@ class HttpSource(Source):
             raise TransferError(f"{ref}: {exc}") from None
         except TransferError:
             raise  # a refused redirect: the origin answered, it is not unreachable
+        except http.client.HTTPException as exc:  # a malformed answer (BadStatusLine…): never echo its bytes
+            raise TransferError(f"{_http.redact(url)} did not answer in HTTP ({type(exc).__name__}); check the "
+                                "URL and the origin") from None
         except (OSError, ConnectionError) as exc:
             raise OriginUnreachable(f"{_http.redact(url)} is unreachable ({type(exc).__name__})") from None
         finally:

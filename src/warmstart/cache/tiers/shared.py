@@ -23,12 +23,16 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ..._fs import read_regular
+from ...errors import UnsafePathError
 from ..layout import check_digest
 from ..paths import inside
 from ..store import copy_file, fsync_file, git_hasher
 from . import verified_copy
 
 log = logging.getLogger(__name__)
+#: the most bytes read from a ``keys/`` file: it holds one digest line (64 hex, maybe a newline)
+KEY_FILE_MAX = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +60,17 @@ class SharedTier:
         return self.root / "keys" / safe
 
     def _digest_of_key(self, key: str) -> str | None:
+        """The digest ``keys/<key>`` names; None (a warning for anything but a missing file) when it is not
+        a plain file of one digest line: a FIFO, a device or a link there is never waited on or read."""
+        path = self.key_path(key)
         try:
-            return check_digest(self.key_path(key).read_text().strip())
-        except (OSError, ValueError):
+            text = read_regular(path, KEY_FILE_MAX).decode("ascii")
+            return check_digest(text.strip())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("shared tier: ignoring %s (%s); fetching from the origin", path,
+                        getattr(exc, "strerror", None) or exc)
             return None
 
     def wanted(self, files: Iterable, *, have: Callable[[str, int | None], bool],
@@ -113,9 +125,13 @@ class SharedTier:
             _rm(tmp)
             return None
         if got != digest:
-            log.warning("shared tier: %s is corrupt (sha256 %s); removed it, fetching from the origin", src, got[:12])
             _rm(tmp)
-            _rm(inside(self.root, src, what="shared blob"))
+            try:
+                removed = _rm(inside(self.root, src, what="shared blob"))
+            except UnsafePathError:
+                removed = False
+            log.warning("shared tier: %s is corrupt (sha256 %s); %s, fetching from the origin", src, got[:12],
+                        "removed it" if removed else "could not remove it")
             return None
         if git is not None and git.hexdigest() != git_oid:
             log.warning("shared tier: %s is not the file the origin lists (git blob id %s, expected %s); ignoring "
@@ -135,12 +151,16 @@ class SharedTier:
             pass
         tmp = dest.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dirs(dest.parent)
+            self._inside(tmp, dest)
             copy_file(Path(blob_path), tmp)
             fsync_file(tmp)
             os.chmod(tmp, 0o444)
             os.replace(tmp, dest)
             return True
+        except UnsafePathError as exc:
+            log.warning("shared tier %s: not publishing %s: %s", self.root, digest[:12], exc)
+            return False
         except OSError as exc:
             _rm(tmp)
             log.warning("shared tier %s: cannot publish %s (%s); continuing without it", self.root, digest[:12],
@@ -153,16 +173,43 @@ class SharedTier:
         dest = self.key_path(key)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(digest)
+            self._make_dirs(dest.parent)
+            self._inside(tmp, dest)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, digest.encode())
+            finally:
+                os.close(fd)
             os.replace(tmp, dest)
+        except UnsafePathError as exc:
+            log.warning("shared tier %s: not recording key %s: %s", self.root, key[:80], exc)
         except OSError as exc:
             _rm(tmp)
             log.debug("shared tier: cannot record key %s (%s)", key, exc)
 
+    def _inside(self, *paths: Path) -> None:
+        """UnsafePathError unless each of ``paths`` lies inside the shared directory (parents resolved): a
+        ``blobs``, ``keys`` or fan-out directory that is a link out of it is never written through."""
+        for p in paths:
+            inside(self.root, p, what="shared tier path")
 
-def _rm(path: Path) -> None:
+    def _make_dirs(self, directory: Path) -> None:
+        """Create ``directory`` and its missing parents below the shared root, each checked to lie inside
+        it before it is created (and after: a link there must not lead out)."""
+        rel = directory.relative_to(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        here = self.root
+        for part in rel.parts:
+            here = here / part
+            self._inside(here)
+            here.mkdir(exist_ok=True)
+        self._inside(directory / "x")
+
+
+def _rm(path: Path) -> bool:
+    """Remove ``path``; True when it was removed."""
     try:
         os.unlink(path)
+        return True
     except OSError:
-        pass
+        return False

@@ -21,6 +21,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from ..._fs import open_regular
 from ..._io import start_writeback
 
 #: one pread/pwrite; three such buffers per blob being copied
@@ -38,8 +39,9 @@ def copy_verified(src: Path, dst: Path, size: int, also=None) -> str:
     """Copy ``src`` to a new file ``dst`` and return the sha256 of the bytes written (``also``, a
     hashlib object, is fed the same bytes: the git blob id check). ``size`` is what ``src`` must hold
     from start to end (a file that changes size meanwhile is an OSError). With ``FSYNC`` writeback
-    starts every ``WRITEBACK_EVERY`` bytes and the file is fdatasynced at the end."""
-    fd_in = os.open(src, os.O_RDONLY)
+    starts every ``WRITEBACK_EVERY`` bytes and the file is fdatasynced at the end. ``src`` must be a plain
+    file (a FIFO, a device or a symlink in its place is an OSError, never waited on or read)."""
+    fd_in = open_regular(src)
     try:
         fd_out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     except OSError:
