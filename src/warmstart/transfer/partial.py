@@ -26,7 +26,7 @@ from ..errors import CacheFullError
 from .job import FileJob
 from .plan import Span, SpanPlan
 
-STATE_VERSION = 2
+STATE_VERSION = 1  # cache/tmpdir.py reads it too (gc keeps resumable partials)
 
 
 class PartialFile:
