@@ -1,7 +1,7 @@
 """The test Hub (tests.servers.hub.HubServer) in its own process, for benchmarks.
 
     python bench/_origin.py --data-dir /tmp/warmstart-bench --size 1G --shards 4 \
-        --per-conn 20e6 --total 320e6 --latency 0.02 [--minilm] [--unshaped]
+        --per-conn 20e6 --total 320e6 --latency 0.02 [--minilm] [--unshaped] [--names-only]
 
 The server must not share a process (and a GIL) with the client it serves, or the numbers measure
 the GIL. This process builds (or reuses) the synthetic model under ``--data-dir``, starts the Hub and
@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.02)
     ap.add_argument("--unshaped", action="store_true")
     ap.add_argument("--minilm", action="store_true")
+    ap.add_argument("--names-only", action="store_true", help="the listing gives file names only (as mirrors)")
     a = ap.parse_args()
 
     data_dir = Path(a.data_dir)
@@ -118,7 +119,7 @@ def main() -> None:
     link = None if a.unshaped else Link(a.per_conn or None, a.total or None, a.latency)
     gauge = ConnGauge()
     gauge.install()
-    hub = HubServer(repos=repos, link=link).start()
+    hub = HubServer(repos=repos, link=link, names_only=a.names_only).start()
 
     series: list[list[float]] = []
     t0 = [time.monotonic()]

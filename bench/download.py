@@ -2,6 +2,7 @@
 
     python bench/download.py --reps 3                       # 1 GiB model, warm-pull section
     python bench/download.py --rss-size 10G --skip-compare  # peak RSS of a 10 GB pull (unshaped)
+    python bench/download.py --listing names --skip-warm    # the Hub listing file names only (mirrors)
 
 The origin (tests.servers.hub.HubServer, the Hub plus its LFS "CDN") runs in a separate process
 (bench/_origin.py), so it never shares a GIL with a client; the link is shaped there (default 20 MB/s
@@ -10,6 +11,8 @@ into a fresh, empty destination; after each run, outside its timing, every file 
 compared with the origin's sha256 (a contender with wrong bytes is reported FAILED, never counted); contenders are interleaved per repetition (A B C A B C ...) and the
 destination is deleted between runs. The limit is the link's total cap: ``bytes / total``.
 Medians over ``--reps``; ratios are ``peer time / warmstart time`` (>1 means warmstart is faster).
+``--listing names`` runs the comparison against a Hub whose listing gives file names only (no sizes,
+no sha256), as many mirrors serve it: warmstart then probes every file before it moves a byte.
 The origin also reports, per run, the bytes it served, requests, peak open connections and a byte
 series sampled every 50 ms (first byte, ramp-up to 80 % of the cap, the tail after 90 % of the bytes).
 
@@ -81,9 +84,9 @@ class Origin:
     """bench/_origin.py as a child process; see its docstring for the line protocol."""
 
     def __init__(self, data_dir: Path, size: int, shards: int, link: tuple[float, float, float] | None,
-                 minilm: bool = False) -> None:
+                 minilm: bool = False, names_only: bool = False) -> None:
         cmd = [sys.executable, str(ROOT / "bench" / "_origin.py"), "--data-dir", str(data_dir),
-               "--size", str(size), "--shards", str(shards)]
+               "--size", str(size), "--shards", str(shards)] + (["--names-only"] if names_only else [])
         if link is None:
             cmd.append("--unshaped")
         else:
@@ -270,12 +273,13 @@ TOOL_CHECKS = {
 def compare(args, data_dir: Path, runs_dir: Path) -> dict[str, Any]:
     size, cap = parse_bytes(args.size), parse_rate(args.total)
     link = (parse_rate(args.per_conn), cap, parse_latency(args.latency))
-    res: dict[str, Any] = {"model_bytes_arg": size, "shards": args.shards, "reps": args.reps,
+    res: dict[str, Any] = {"model_bytes_arg": size, "shards": args.shards, "reps": args.reps, "listing": args.listing,
                            "link": {"per_conn_Bps": link[0], "total_Bps": link[1], "latency_s": link[2]},
                            "runs": {}, "errors": {}, "failed_runs": {}}
     import warmstart  # noqa: F401  # the in-process contender does not pay for its import
 
-    with Origin(data_dir, size, args.shards, link if (link[0] or link[1]) else None) as origin:
+    with Origin(data_dir, size, args.shards, link if (link[0] or link[1]) else None,
+                names_only=args.listing == "names") as origin:
         files = origin.info["repos"][LLAMA_ID]["files"]
         sha256 = origin.info["repos"][LLAMA_ID]["sha256"]
         llama_dir = next(data_dir.glob(f"llama-{size}-{args.shards}"))
@@ -477,6 +481,8 @@ def main() -> None:
     ap.add_argument("--skip-warm", action="store_true")
     ap.add_argument("--rss-size", default=None, help="also measure peak RSS of a pull this big, e.g. 10G")
     ap.add_argument("--rss-reps", type=int, default=1)
+    ap.add_argument("--listing", choices=("full", "names"), default="full",
+                    help="the Hub's listing: full (sizes, sha256) or names only, as mirrors serve it")
     args = ap.parse_args()
     compile_package()  # as an installed warmstart runs (bench/_install.py)
     if shutil.which("aria2c") is None:
@@ -512,7 +518,7 @@ def render(r: dict[str, Any]) -> str:
         gb, link = c["bytes"] / 1e9, c["link"]
         ws = c["rows"].get("warmstart pull (CLI process)", {}).get("seconds")
         lines += ["", f"Download of {gb:.2f} GB ({len(c['files'])} files, {c['shards']} shards) from the test Hub "
-                  f"in a separate process; link {link['per_conn_Bps'] / 1e6:.0f} MB/s per connection, "
+                  f"in a separate process{', listing names only' if c.get('listing') == 'names' else ''}; link {link['per_conn_Bps'] / 1e6:.0f} MB/s per connection, "
                   f"{link['total_Bps'] / 1e6:.0f} MB/s total, {link['latency_s'] * 1e3:.0f} ms per request; "
                   f"median of {c['reps']}, fresh process and destination per run",
                   "", "| contender | tool's own check (documented) | verified after run | s | MB/s | % of link | x (peer/ws) | peak conns | requests "

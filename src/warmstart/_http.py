@@ -211,11 +211,13 @@ class Client:
         raise AssertionError("unreachable")
 
     def follow(
-        self, method: str, url: str, headers: dict[str, str] | None = None, *, max_redirects: int = 8
+        self, method: str, url: str, headers: dict[str, str] | None = None, *, max_redirects: int = 8,
+        hops: list[http.client.HTTPResponse] | None = None,
     ) -> tuple[str, http.client.HTTPResponse]:
         """Request ``url`` following redirects; returns (final URL, response). Credentials are not
         sent to another host. A redirect to anything but an http(s) URL with a host, or more than
-        ``max_redirects`` of them, is a TransferError."""
+        ``max_redirects`` of them, is a TransferError. ``hops``, when given, receives each redirect's
+        (drained) response, e.g. for the Hub's ``X-Linked-Size`` and ``X-Linked-Etag``."""
         headers = dict(headers or {})
         origin = host_key(url)
         for _ in range(max_redirects + 1):
@@ -223,6 +225,8 @@ class Client:
             if resp.status in (301, 302, 303, 307, 308):
                 location = resp.getheader("Location")
                 drain(resp)
+                if hops is not None:
+                    hops.append(resp)
                 if not location:
                     raise HTTPStatusError(resp.status, url)
                 try:

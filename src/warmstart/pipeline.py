@@ -1,16 +1,14 @@
 """The pull pipeline: the one path by which any source's files reach the cache.
 
-Steps, in order: (1) a pinned revision that is cached, or offline mode, is answered from the cache
-alone; (2) the source lists the files (an unreachable origin falls back to the cache); (3) the blobs
-the cache may already hold are leased, then checked to be present (so an ``rm``/``gc`` from then on keeps
-them); (4) the shared tier is asked for the rest; (5) the cache makes room
-for what is left (budget and disk, never evicting this pull's blobs, dropping RAM copies of what it
-evicts); (6) the transfer engine fetches and verifies remote files and :mod:`warmstart.ingest`
-imports local ones; each is published to the blob store and the shared tier, indexed and leased;
-(7) blobs the source unpacks (OCI tar layers) are measured, room is made, the hook streams their
-files into capped temporary files, which are published like the rest; (8) every blob is checked to be
-still there (one an ``rm`` removed just before the lease is fetched again), the snapshot is recorded,
-then the leases are released; (9) the views are made.
+(1) A cached pinned revision, or offline mode, is answered from the cache; (2) the source lists the
+files (an unreachable origin falls back to the cache); (3) blobs the cache may hold are leased, then
+checked present; (4) the shared tier is asked for the rest; (5) files listed without a size are
+probed, all at once, then the cache makes room (never evicting this pull's blobs; dropping RAM copies
+of what it evicts); (6) the engine fetches and verifies remote files, :mod:`warmstart.ingest` imports
+local ones; each is published (blob store, shared tier), indexed, leased; (7) blobs a source unpacks
+(OCI tar layers) are measured, room made, their files streamed into capped temporary files and
+published; (8) every blob is re-checked (one removed before its lease is fetched again), the snapshot
+recorded, the leases released; (9) the views are made.
 """
 
 from __future__ import annotations
@@ -73,12 +71,9 @@ def _finish(cache: Cache, ref: Ref, revision: str, files: list[IndexedFile], opt
         plain_view(cache.layout, opts.to, files, mode=opts.link)
     snap_files = tuple(SnapshotFile(f.path, f.digest, f.size, cache.layout.blob(f.digest)) for f in files)
     total = sum(f.size for f in files)
-    return Snapshot(
-        ref=str(ref.with_revision(revision)), revision=revision, path=Path(opts.to or path),
-        files=snap_files, downloaded=downloaded,
-        from_cache=max(0, total - downloaded) if reused is None else min(reused, total),
-        seconds=time.monotonic() - t0, cache_path=path,
-    )
+    return Snapshot(ref=str(ref.with_revision(revision)), revision=revision, path=Path(opts.to or path),
+                    files=snap_files, downloaded=downloaded, seconds=time.monotonic() - t0, cache_path=path,
+                    from_cache=max(0, total - downloaded) if reused is None else min(reused, total))
 
 
 def from_cache(cache: Cache, ref: Ref, opts: PullOptions, t0: float, *, notice: str | None) -> Snapshot | None:
@@ -245,6 +240,7 @@ class _Pull:
         self.fetched: set[str] = set()  # paths whose bytes were read from the origin by this pull
         self.unpacked: set[str] = set()  # digests of the files unpacked so far
         self.downloaded = 0
+        self.probed: dict = {}  # {path: Probed} of files the listing gives no size for
         self._leases: list[leases.Lease] = []
         self._leased: set[str] = set()
 
@@ -322,7 +318,11 @@ def _bring_once(run: _Pull, chosen: list[RemoteFile]) -> None:
         todo = missing(todo)
         remote = [f for f in todo if not ingest.is_local(f)]
     local = [f for f in todo if ingest.is_local(f)]
-    need = sum(f.size or 0 for f in remote) + (0 if opts.in_place else sum(f.size or 0 for f in local))
+    from .transfer import probe_unsized  # sizes the listing lacks: the budget is checked before bytes move
+
+    run.probed = probe_unsized(remote, timeout=run.settings.stall_timeout, connect_timeout=run.settings.connect_timeout)
+    sizes = {path: p.size or 0 for path, p in run.probed.items()}
+    need = sum(f.size or sizes.get(f.path, 0) for f in remote) + (0 if opts.in_place else sum(f.size or 0 for f in local))
     cache.ensure_room(need, protect=run.digests())
     if remote:
         _transfer(run, remote)
@@ -332,7 +332,8 @@ def _bring_once(run: _Pull, chosen: list[RemoteFile]) -> None:
 
 
 def _transfer(run: _Pull, files: list[RemoteFile]) -> None:
-    """Fetch ``files`` through the transfer engine with the settings' parameters, publishing each."""
+    """Fetch ``files`` through the transfer engine with the settings' parameters (and what probing
+    learnt), publishing each."""
     from .transfer import FileJob, Transfer
 
     cache, settings = run.cache, run.settings
@@ -343,8 +344,9 @@ def _transfer(run: _Pull, files: list[RemoteFile]) -> None:
             by_key[f.key].append(f)
             continue
         by_key[f.key] = [f]
-        jobs.append(FileJob(f.path, f.url, f.key, f.size, f.sha256, dict(f.headers), f.ranges, f.probe,
-                            f.git_oid))
+        p = run.probed.get(f.path)  # probed: size, Range support and validator known, no HEAD in the engine
+        jobs.append(FileJob(f.path, f.url, f.key, p.size if p else f.size, f.sha256, dict(f.headers),
+                            p.ranges if p else f.ranges, f.probe and not p, f.git_oid, f.etag or (p and p.etag)))
 
     def on_file(result) -> None:
         job = result.job
@@ -368,13 +370,11 @@ def _transfer(run: _Pull, files: list[RemoteFile]) -> None:
     known = sum(j.size or 0 for j in jobs)
     # files of unknown size may take what is left of the budget, and never the last of the disk
     room = None if cache.max_size is None else max(0, cache.max_size - cache.index.total_blob_bytes() - known)
-    engine = Transfer(
-        cache.layout.tmp, cache.layout.locks,
-        min_connections=settings.min_connections, max_connections=settings.max_connections,
-        chunk_size=settings.chunk_size, progress=run.opts.progress, is_done=is_done,
-        timeout=settings.stall_timeout, min_rate=settings.min_rate,
-        connect_timeout=settings.connect_timeout, stream_room=room, disk_reserve=DISK_RESERVE,
-    )
+    engine = Transfer(cache.layout.tmp, cache.layout.locks, min_connections=settings.min_connections,
+                      max_connections=settings.max_connections, chunk_size=settings.chunk_size,
+                      progress=run.opts.progress, is_done=is_done, timeout=settings.stall_timeout,
+                      min_rate=settings.min_rate, connect_timeout=settings.connect_timeout, stream_room=room,
+                      disk_reserve=DISK_RESERVE)
     stats = engine.run(jobs, on_file)
     run.downloaded += stats.downloaded
     log.info("%s: %d files, %.1f MB in %.2fs over up to %d connections", run.ref, stats.files,

@@ -19,7 +19,7 @@ from tests.servers.hub import HubRepo
 from tests.servers.proxy import ShapingProxy
 from tests.servers.registry import DistributionRegistry, push_modelpack
 
-BACKENDS = ["hf", "s3", "s3_boto3", "oci", "http", "local"]
+BACKENDS = ["hf", "hf_names", "hf_mirror", "s3", "s3_boto3", "oci", "http", "local"]
 _ids = itertools.count()
 
 
@@ -36,6 +36,7 @@ class Case:
     single_file: bool = False
     missing_ref: str = ""
     pins: bool = True  #: a pulled snapshot's ref names immutable content (served with no request)
+    resumes: bool = True  #: the origin serves ranges, so an interrupted pull fetches only what is missing
     env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -104,6 +105,21 @@ def _case_hf(request, tmp_path) -> Case:
         return f"hf://{repo}"
     return Case("hf", make, hub, lambda n, d: f"*{n}", missing_ref="hf://conf/does-not-exist",
                 env={"HF_ENDPOINT": hub.endpoint})
+
+
+def _case_hf_names(request, tmp_path) -> Case:
+    """The Hub as many mirrors serve it: the listing gives file names only (no sizes, no sha256)."""
+    c = _case_hf(request, tmp_path)
+    c.origin.names_only = True
+    return dataclasses.replace(c, name="hf_names", knows_sha256=False)
+
+
+def _case_hf_mirror(request, tmp_path) -> Case:
+    """A minimal mirror: names-only listing, HEAD refused, a CDN that ignores Range (200, whole file)."""
+    c = _case_hf_names(request, tmp_path)
+    c.origin.head = False
+    c.origin.cdn_ranges = False
+    return dataclasses.replace(c, name="hf_mirror", resumes=False)
 
 
 def _case_s3(request, tmp_path) -> Case:

@@ -22,6 +22,7 @@ class FileJob:
     ranges: bool = True
     probe: bool = True  # False: size and Range support are known, skip the HEAD (presigned S3 GET URLs)
     git_oid: str | None = None  # the git blob id the origin gives for files without a sha256 (Hub, non-LFS)
+    etag: str | None = None  # the origin's validator (ETag); a partial file resumes only under the same one
 
 
 @dataclasses.dataclass

@@ -3,11 +3,13 @@
 ::
 
     tmp/<key>.part          the file, preallocated to its full size, written in place at offsets
-    tmp/<key>.part.json     {"version", "url", "size", "sha256", "done": [[start, end], ...]}
+    tmp/<key>.part.json     {"version", "url", "size", "sha256", "etag", "done": [[start, end], ...]}
 
 The state is saved (atomically: write, then rename) by the engine every 0.25 s, with the progress of
 chunks still in flight, so after ``kill -9`` at most ~0.25 s of transfer is fetched again. A state
-that does not match the job (another size or digest) is ignored and the file starts afresh.
+that does not match the job (another size, digest or validator) is ignored and the file starts afresh,
+and so is any state of a file with nothing to validate it by (no sha256, git blob id nor ETag): bytes
+of another version of it could not be told from this one's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..errors import CacheFullError
 from .job import FileJob
 from .plan import Span, SpanPlan
 
-STATE_VERSION = 1
+STATE_VERSION = 1  # cache/tmpdir.py reads it too (gc keeps resumable partials)
 
 
 class PartialFile:
@@ -73,7 +75,7 @@ class PartialFile:
 
     def state(self) -> dict:
         return {"version": STATE_VERSION, "url": redact(self.job.url), "size": self.size,
-                "sha256": self.job.sha256, "done": [[s.start, s.end] for s in self.plan.written()]}
+                "sha256": self.job.sha256, "etag": self.job.etag, "done": [[s.start, s.end] for s in self.plan.written()]}
 
     def open_resumable(self) -> None:
         """Open the partial file, keeping the ranges a previous run saved (if they match this job)."""
@@ -82,8 +84,10 @@ class PartialFile:
         try:
             state = json.loads(self.state_path.read_text())
             st = os.stat(self.part)
-            if (state.get("version") == STATE_VERSION and state.get("size") == size
-                    and state.get("sha256") == self.job.sha256 and st.st_size == size):
+            job = self.job
+            if (state.get("version") == STATE_VERSION and state.get("size") == size and st.st_size == size
+                    and state.get("sha256") == job.sha256 and state.get("etag") == job.etag
+                    and (job.sha256 or job.git_oid or job.etag)):
                 done = [Span(int(a), int(b)) for a, b in state["done"] if 0 <= a < b <= size]
         except (OSError, ValueError, KeyError, TypeError):
             done = []
