@@ -45,8 +45,9 @@ STREAM_BELOW = 4 * MiB  # files smaller than this go in one request
 SAVE_EVERY = 0.25
 #: the most bytes one ranged request asks for: a chunk larger than this is fetched as several requests
 #: in a row, and only bytes not requested yet may go to an idle worker, so the tail stays short
-#: without cutting any answer short (4 MiB: the best of 2, 4, 8 and 16 MiB with bench/download.py)
-REQUEST_SIZE = 4 * MiB
+#: without cutting any answer short (16 MiB: at 1 GB, 4 MiB requests lost 0.07 s of the steady rate to
+#: their first bytes, 16 MiB none: bench/download.py, docs/benchmarks.md)
+REQUEST_SIZE = 16 * MiB
 
 
 class Transfer:
