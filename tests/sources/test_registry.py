@@ -91,3 +91,19 @@ def test_refs_parse_without_a_sources_optional_dependency(monkeypatch):
 def test_a_ref_is_made_by_a_grammar():
     with pytest.raises(TypeError, match="registry.parse"):
         Ref("hf", "org/name")
+
+
+def test_a_local_path_imports_the_local_source_only(tmp_path):
+    code = (f"import sys; from warmstart.sources.registry import parse; parse({str(tmp_path)!r}); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('warmstart.sources.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["warmstart.sources.base", "warmstart.sources.local",
+                   "warmstart.sources.registry"], out
+
+
+def test_a_registry_line_must_name_the_schemes_its_class_declares(monkeypatch):
+    monkeypatch.setattr(registry, "SOURCES", (f"{__name__}:DemoSource demo",))
+    monkeypatch.setattr(registry, "_by_scheme", {})
+    monkeypatch.setattr(registry, "_imported", {})
+    with pytest.raises(ConfigError, match="other schemes than DemoSource.schemes"):
+        registry.parse("demo://model1")

@@ -1,8 +1,8 @@
 """The sources, one line each, and the one place that turns a reference string into a :class:`Ref`.
 
-A source declares the schemes it serves (``Source.schemes``); this module maps a scheme to its
-source by reading them, importing the source modules lazily, in the order of :data:`SOURCES`, until
-one claims the scheme (so a Hub ref imports the Hub source only). A source whose requests need an
+A source declares the schemes it serves (``Source.schemes``); its registry line repeats them, so
+that this module imports only the source a scheme needs (a Hub ref imports the Hub source, a local
+path the local source), and checks on import that the two agree. A source whose requests need an
 optional package names it in ``requires`` and the extra that installs it in ``extra``: its refs parse
 without it, and using the source says what to install.
 
@@ -37,13 +37,15 @@ from ..errors import ConfigError, RefError
 from ..refs import Malformed, Ref, split
 from .base import Source
 
-#: the sources, as ``module:Class``; their order is the order of the forms in the grammar message
+#: the sources, as ``module:Class schemes``; their order is the order of the forms in the grammar
+#: message. The schemes listed here only say which module to import for a scheme (so that a local path
+#: imports the local source alone); the class's own ``schemes`` must be the same, or loading it fails.
 SOURCES: tuple[str, ...] = (
-    "warmstart.sources.hf:HubSource",
-    "warmstart.sources.s3:S3Source",
-    "warmstart.sources.oci:OciSource",
-    "warmstart.sources.http:HttpSource",
-    "warmstart.sources.local:LocalSource",
+    "warmstart.sources.hf:HubSource hf",
+    "warmstart.sources.s3:S3Source s3",
+    "warmstart.sources.oci:OciSource oci",
+    "warmstart.sources.http:HttpSource http https",
+    "warmstart.sources.local:LocalSource file",
 )
 
 _by_scheme: dict[str, type[Source]] = {}
@@ -52,12 +54,16 @@ _imported: dict[str, type[Source]] = {}  # line -> class
 
 def _load(line: str) -> type[Source]:
     if line not in _imported:
-        module, _, name = line.partition(":")
+        target, *declared = line.split()
+        module, _, name = target.partition(":")
         try:
             cls = getattr(importlib.import_module(module), name)
         except ImportError as exc:
             raise ConfigError(f"the source {module} cannot be imported (needs {exc.name or exc}): "
                               "reinstall warmstart") from None
+        if declared and sorted(declared) != sorted(cls.schemes):
+            raise ConfigError(f"the registry line {line!r} names other schemes than {name}.schemes "
+                              f"{tuple(cls.schemes)}; make them the same")
         _imported[line] = cls
         for scheme in cls.schemes:
             _by_scheme.setdefault(scheme, cls)
@@ -65,11 +71,12 @@ def _load(line: str) -> type[Source]:
 
 
 def _grammar_for(scheme: str) -> type[Source] | None:
-    """The source whose ``schemes`` name ``scheme``, importing sources in order until one does."""
-    for line in SOURCES:
-        if scheme in _by_scheme:
-            break
-        _load(line)
+    """The source whose ``schemes`` name ``scheme``: the one registry line that declares it is imported
+    (a line without schemes is imported whenever a scheme is not found on the others)."""
+    if scheme not in _by_scheme:
+        for line in SOURCES:
+            if scheme in line.split()[1:] or len(line.split()) == 1:
+                _load(line)
     return _by_scheme.get(scheme)
 
 
