@@ -74,7 +74,8 @@ def pull(
     """
     settings = settings or Settings.from_env()
     r = parse_ref(ref, revision=revision)
-    address = None if agent is False or in_place else _agent_client().find_agent(settings.home)
+    maybe_agent = bool(settings.agent) or (settings.home / "agent.sock").exists()  # no client import otherwise
+    address = None if agent is False or in_place or not maybe_agent else _agent_client().find_agent(settings.home)
     if address is not None:  # the agent writes; this process reads the cached result, offline
         done = _agent_client().pull(address, ref, revision=revision, include=_globs(include),
                                     exclude=_globs(exclude), tier=tier)

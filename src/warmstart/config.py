@@ -139,6 +139,7 @@ class Settings:
     insecure_registries: tuple[str, ...] = ()  # OCI registries reached over plain HTTP (loopback always is)
     registry_auth_file: Path | None = None  # docker-style config.json with "auths" for OCI registries
     oci_auth_hosts: tuple[str, ...] = ()  # token services (not the registry's host) that may get its password
+    agent: str = ""  # WARMSTART_AGENT: the node agent's socket or http://HOST:PORT ("" = <home>/agent.sock if any)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -171,6 +172,7 @@ class Settings:
                                       if h.strip()),
             registry_auth_file=_auth_file(env),
             oci_auth_hosts=tuple(h.strip() for h in env.get("WARMSTART_OCI_AUTH_HOSTS", "").split(",") if h.strip()),
+            agent=env.get("WARMSTART_AGENT", "").strip(),
         )
 
 

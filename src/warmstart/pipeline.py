@@ -318,9 +318,11 @@ def _bring_once(run: _Pull, chosen: list[RemoteFile]) -> None:
         todo = missing(todo)
         remote = [f for f in todo if not ingest.is_local(f)]
     local = [f for f in todo if ingest.is_local(f)]
-    from .transfer import probe_unsized  # sizes the listing lacks: the budget is checked before bytes move
+    if any(f.size is None for f in remote):  # sizes the listing lacks: the budget is checked before bytes move
+        from .transfer import probe_unsized
 
-    run.probed = probe_unsized(remote, timeout=run.settings.stall_timeout, connect_timeout=run.settings.connect_timeout)
+        run.probed = probe_unsized(remote, timeout=run.settings.stall_timeout,
+                                   connect_timeout=run.settings.connect_timeout)
     sizes = {path: p.size or 0 for path, p in run.probed.items()}
     need = sum(f.size or sizes.get(f.path, 0) for f in remote) + (0 if opts.in_place else sum(f.size or 0 for f in local))
     cache.ensure_room(need, protect=run.digests())

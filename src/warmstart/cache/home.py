@@ -3,6 +3,7 @@ budget that pulls make room within. Everything below it (store, index, evict, vi
 the pieces it needs; this class composes them.
 
 >>> import tempfile; from pathlib import Path
+from typing import TYPE_CHECKING
 >>> c = Cache(Path(tempfile.mkdtemp()))
 >>> c.layout.blobs.is_dir(), c.read_only
 (True, False)
@@ -17,16 +18,18 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import format_size
 from ..errors import CacheFullError, ReadOnlyCacheError
-from . import evict
 from .index import Index, IndexedFile, SnapshotRow
 from .layout import Layout
 from .store import BlobStore, cpu_count
-from .tiers import verified_copy
-from .tiers.memory import MemoryTier
-from .tiers.shared import SharedTier
+
+if TYPE_CHECKING:  # eviction and the tiers are imported when used: a warm pull needs neither
+    from . import evict
+    from .tiers.memory import MemoryTier
+    from .tiers.shared import SharedTier
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,16 @@ class Cache:
         self.max_size = max_size
         self._index: Index | None = None
         self.shared_dir = Path(shared_dir) if shared_dir else None
-        self.shared = SharedTier(self.shared_dir) if self.shared_dir else None
-        self.memory = MemoryTier(Path(memory_dir), memory_max_size, disk=self.layout) if memory_dir else None
+        self.shared: SharedTier | None = None
+        self.memory: MemoryTier | None = None
+        if self.shared_dir:
+            from .tiers.shared import SharedTier
+
+            self.shared = SharedTier(self.shared_dir)
+        if memory_dir:
+            from .tiers.memory import MemoryTier
+
+            self.memory = MemoryTier(Path(memory_dir), memory_max_size, disk=self.layout)
 
     @classmethod
     def from_settings(cls, settings) -> Cache:
@@ -73,6 +84,8 @@ class Cache:
             self._index = None
 
     def parts(self) -> evict.CacheParts:
+        from . import evict
+
         """The pieces eviction plans over and removes from."""
         return evict.CacheParts(self.layout, self.index, self.store, self.memory)
 
@@ -95,6 +108,8 @@ class Cache:
         if need <= 0:
             return
         if self.max_size is not None:
+            from . import evict
+
             evict.make_room(self.parts(), self.max_size, need, protect=protect)
         free = shutil.disk_usage(self.layout.home).free
         if free - need < DISK_RESERVE:
@@ -135,6 +150,8 @@ class Cache:
         if got is None:
             return False
         tmp, nbytes = got
+        from .tiers import verified_copy
+
         self.store.publish(tmp, digest, fsync=verified_copy.FSYNC)
         self.index.add_blob(digest, nbytes)
         return True
