@@ -45,8 +45,9 @@ STREAM_BELOW = 4 * MiB  # files smaller than this go in one request
 SAVE_EVERY = 0.25
 #: the most bytes one ranged request asks for: a chunk larger than this is fetched as several requests
 #: in a row, and only bytes not requested yet may go to an idle worker, so the tail stays short
-#: without cutting any answer short (16 MiB: at 1 GB, 4 MiB requests lost 0.07 s of the steady rate to
-#: their first bytes, 16 MiB none: bench/download.py, docs/benchmarks.md)
+#: without cutting any answer short. A file's requests are an eighth of it, between 4 MiB (so that a file
+#: of a few MiB is still read over several connections) and 16 MiB (at 1 GB, 4 MiB requests cost 1.4
+#: more CPU-s and 0.4 s of the steady rate on 2 cores: bench/download.py, docs/benchmarks.md)
 REQUEST_SIZE = 16 * MiB
 
 

@@ -27,11 +27,14 @@ from .._io import start_writeback
 from .._urls import host_key, printable
 from ..errors import CacheFullError, IntegrityError, NotFoundError, TransferError, WarmstartError
 from .partial import PartialFile
-from .plan import Claim
+from .plan import Claim, MiB
 from .shared import Shared
 from .stream import TruncatedError, stream
 from .verify import Verifier
 from .watchdog import Beat, fill
+
+#: the smallest request a file of a few MiB is split into (engine.REQUEST_SIZE is the largest)
+MIN_REQUEST = 4 * MiB
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +170,7 @@ class Worker:
         """One ranged GET for the claim's next bytes (from where they stopped), read to its end."""
         shared, s = self.shared, self.shared.settings
         with shared.cv:
-            req = f.plan.request(claim, s.request_size)
+            req = f.plan.request(claim, min(s.request_size, max(MIN_REQUEST, f.plan.size // 8)))
             url, headers = f.url, dict(f.headers)
         if req is None:
             return
