@@ -3,7 +3,6 @@ budget that pulls make room within. Everything below it (store, index, evict, vi
 the pieces it needs; this class composes them.
 
 >>> import tempfile; from pathlib import Path
-from typing import TYPE_CHECKING
 >>> c = Cache(Path(tempfile.mkdtemp()))
 >>> c.layout.blobs.is_dir(), c.read_only
 (True, False)
