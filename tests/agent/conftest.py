@@ -59,11 +59,22 @@ class AgentProcess:
         self._fh = open(self.log, "w")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(args, env=self.env, stdout=self._fh, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        while not client.AgentAddress(unix=self.socket).answers():
+        while not (client.AgentAddress(unix=self.socket).answers() and self._tcp_listens()):
             assert self.proc.poll() is None, f"the agent exited: {self.log.read_text()}"
             assert time.monotonic() < deadline, f"the agent did not start: {self.log.read_text()}"
             time.sleep(0.05)
         return self
+
+    def _tcp_listens(self) -> bool:
+        """True once the TCP listener (if any) accepts connections: it may come up after the socket."""
+        if not self.listen:
+            return True
+        host, _, port = self.listen.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     @property
     def addr(self) -> client.AgentAddress:
