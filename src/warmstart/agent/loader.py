@@ -26,11 +26,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from .. import api, errors
+from ..cache.paths import check_relpath
 from ..config import Settings
 from . import client
 
@@ -59,7 +61,7 @@ def llmaz_target(env: Mapping[str, str], dest: Path) -> tuple[str, Path, tuple[s
         include, exclude = _patterns(env.get("MODEL_ALLOW_PATTERNS")), _patterns(env.get("MODEL_IGNORE_PATTERNS"))
         filename = env.get("MODEL_FILENAME") or None
         if filename:
-            _inside(dest, filename)
+            check_relpath(filename, "MODEL_FILENAME")  # the one name gate (cache/paths.py)
             return ref, dest, (filename,), ()
         return ref, dest / f"models--{model_id.replace('/', '--')}", include, exclude
     if kind == "objstore":
@@ -67,7 +69,7 @@ def llmaz_target(env: Mapping[str, str], dest: Path) -> tuple[str, Path, tuple[s
         if not bucket or not path:
             raise errors.ConfigError("llmaz's objstore loader needs BUCKET and MODEL_PATH")
         last = PurePosixPath(path).name
-        _inside(dest, last)
+        check_relpath(last, "MODEL_PATH's last component")
         target = dest if ".gguf" in path else dest / f"models--{last}"
         return f"s3://{bucket}/{path}", target, (), ()
     raise errors.ConfigError(f"MODEL_SOURCE_TYPE={kind!r}: llmaz sets 'modelhub' or 'objstore'; or give "
@@ -96,17 +98,13 @@ def kserve_ref(uri: str) -> str:
     return uri
 
 
-def _inside(dest: Path, name: str) -> None:
-    p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise errors.UnsafePathError(f"{name!r} would be written outside {dest}")
-
 
 def _stream_files(addr: client.AgentAddress, files: list[dict], target: Path) -> None:
     """Copy files the agent pulled from its ``/v1/blobs`` (no cache mount), checking each sha256."""
     for f in files:
-        _inside(target, f["path"])
-        out = target / f["path"]
+        out = target / check_relpath(f["path"])  # names from the agent's answer: the one name gate
+        if not re.fullmatch(r"[0-9a-f]{64}", str(f["sha256"])):
+            raise errors.IntegrityError(f"the agent answered a malformed sha256 for {f['path']!r}; check the agent")
         if out.is_file() and out.stat().st_size == f["size"] and _sha256(out) == f["sha256"]:
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
